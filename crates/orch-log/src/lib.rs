@@ -1,0 +1,1 @@
+//! orch-log: a JSONL checkpoint sink that accepts host slices only.

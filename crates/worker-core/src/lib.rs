@@ -1,0 +1,6 @@
+//! worker-core: the model and inference engine of worker-orcd.
+//!
+//! See `docs/ARCHITECTURE.md` for the code map.
+
+pub mod gguf;
+pub mod quant;
