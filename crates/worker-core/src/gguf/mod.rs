@@ -231,10 +231,10 @@ impl GgufFile {
     }
 
     /// `Ok(None)` when the key is absent, an error when it is present with the wrong type.
-    pub fn opt<T>(
-        &self,
+    pub fn opt<'a, T>(
+        &'a self,
         key: &str,
-        get: impl FnOnce(&Self, &str) -> Result<T, GgufError>,
+        get: impl FnOnce(&'a Self, &str) -> Result<T, GgufError>,
     ) -> Result<Option<T>, GgufError> {
         if self.get(key).is_none() { Ok(None) } else { get(self, key).map(Some) }
     }

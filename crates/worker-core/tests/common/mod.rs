@@ -1,0 +1,30 @@
+//! Shared test support: the real default model and the golden files.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use worker_core::model::Model;
+
+pub fn golden(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden").join(name)
+}
+
+pub fn golden_lines(name: &str) -> Vec<serde_json::Value> {
+    let path = golden(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("golden JSON")).collect()
+}
+
+/// The default model, fetched into the cache on first use (tests never skip for lack of it).
+pub fn default_model_path() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/worker-orcd/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+}
+
+pub fn default_model() -> Arc<Model> {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    MODEL.get_or_init(|| Arc::new(Model::load(default_model_path()).expect("loading the default model"))).clone()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
