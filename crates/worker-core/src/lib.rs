@@ -4,3 +4,5 @@
 
 pub mod gguf;
 pub mod quant;
+pub mod tokenizer;
+pub mod fetch;
