@@ -81,14 +81,20 @@ fn build_kernels(cuda: &Path) -> PathBuf {
     let path = env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![cuda.join("bin")];
     paths.extend(env::split_paths(&path));
-    cfg.env("PATH", env::join_paths(paths).expect("PATH entries are valid"));
+    cfg.env(
+        "PATH",
+        env::join_paths(paths).expect("PATH entries are valid"),
+    );
     cfg.build()
 }
 
 /// Links the kernels archive and the static CUDA runtime. Static cudart means the binary needs only
 /// the driver (libcuda.so) on the GPU machine, not a matching libcudart.so.
 fn link(install_dir: &Path, cuda: &Path) {
-    println!("cargo:rustc-link-search=native={}", install_dir.join("lib").display());
+    println!(
+        "cargo:rustc-link-search=native={}",
+        install_dir.join("lib").display()
+    );
     println!("cargo:rustc-link-lib=static=worker_kernels");
     for sub in ["lib64", "lib", "targets/x86_64-linux/lib"] {
         let dir = cuda.join(sub);

@@ -48,9 +48,13 @@ pub fn check(code: c_int) -> Result<(), KernelError> {
     // (a thread-local buffer and static strings) that stay valid until the next failing call on
     // this thread; they are copied out immediately.
     let message = unsafe {
-        let last = CStr::from_ptr(wk_last_error()).to_string_lossy().into_owned();
+        let last = CStr::from_ptr(wk_last_error())
+            .to_string_lossy()
+            .into_owned();
         if last.is_empty() {
-            CStr::from_ptr(wk_status_string(code)).to_string_lossy().into_owned()
+            CStr::from_ptr(wk_status_string(code))
+                .to_string_lossy()
+                .into_owned()
         } else {
             wk_clear_error();
             last
