@@ -52,7 +52,7 @@ pub fn check_teacher_forced(backend: &mut dyn Backend, label: &str) {
     let pct = |p: f64| errors[((errors.len() - 1) as f64 * p).round() as usize];
     let (median, p95, max) = (pct(0.5), pct(0.95), errors[errors.len() - 1]);
     eprintln!(
-        "[{label}] teacher-forced vs HF: {steps} steps, {decisive} decisive; top-5 |Δlogprob| median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 misses: {}",
+        "[{label}] teacher-forced vs HF: {steps} steps, {decisive} decisive; top-5 |Δlogprob| median {median:.2e}, p95 {p95:.2e}, max {max:.2e}; top-1 misses: {}",
         top1_miss.len()
     );
     assert!(top1_miss.is_empty(), "top-1 disagrees where the reference margin ≥ 0.2: {top1_miss:?}");
