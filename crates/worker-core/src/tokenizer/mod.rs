@@ -425,10 +425,11 @@ impl Tokenizer {
                 }
             }
         }
-        if let Some(bos) = self.bos.filter(|_| self.add_bos) {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
+        if let Some(bos) = self
+            .bos
+            .filter(|&b| self.add_bos && ids.first() != Some(&b))
+        {
+            ids.insert(0, bos);
         }
         Ok(ids)
     }
