@@ -17,7 +17,7 @@ pub fn golden_lines(name: &str) -> Vec<serde_json::Value> {
 
 /// The default model, fetched into the cache on first use (tests never skip for lack of it).
 pub fn default_model_path() -> PathBuf {
-    PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/worker-orcd/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    worker_core::fetch::resolve_model(worker_core::fetch::DEFAULT_MODEL).expect("the default model")
 }
 
 pub fn default_model() -> Arc<Model> {
