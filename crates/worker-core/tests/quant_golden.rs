@@ -18,7 +18,7 @@ fn model_path() -> Option<PathBuf> {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
+    assert!(s.len().is_multiple_of(2), "odd hex length");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
@@ -334,8 +334,20 @@ fn dot_row_timing() {
             sink += out[0];
         }
         let ns_multi = start.elapsed().as_nanos() as f64 / (rows * 32) as f64;
+        // The same, with a weight set small enough to stay in L2: compute cost alone.
+        let hot = &w[..row_bytes * (128 * 1024 / row_bytes).max(1)];
+        let hot_rows = hot.len() / row_bytes;
+        let hot_reps = 200;
+        let start = std::time::Instant::now();
+        for _ in 0..hot_reps {
+            for row in hot.chunks_exact(row_bytes) {
+                sink += dot_row(ty, row, &x);
+            }
+        }
+        let ns_hot = start.elapsed().as_nanos() as f64 / (hot_reps * hot_rows) as f64;
         eprintln!(
-            "{ty} row of {k} ({}): dot_row {ns:.1} ns/row ({:.2} GB/s of weights); dot_rows_multi ×32 {ns_multi:.1} ns/row/vector  [{sink:.1}]",
+            "{ty} row of {k} ({}): dot_row {ns:.1} ns/row ({:.2} GB/s of weights), in L2 {ns_hot:.1} ns/row; \
+             dot_rows_multi x32 {ns_multi:.1} ns/row/vector  [{sink:.1}]",
             worker_core::quant::dot_kernel_name(),
             row_bytes as f64 / ns
         );

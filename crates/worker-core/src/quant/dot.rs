@@ -2,10 +2,11 @@
 //! backend's matmuls.
 //!
 //! Each block is decoded once into a stack array of its final f32 values (the same values
-//! `dequantize_row` gives) and multiplied into `LANES` independent accumulators, a shape LLVM
-//! turns into packed multiply-adds. The same generic code is compiled twice: portable, and
-//! inside `#[target_feature(enable = "avx2,fma")]` functions chosen at run time, so one binary
-//! runs everywhere and uses AVX2/FMA where the CPU has them.
+//! `dequantize_row` gives) and multiplied into independent accumulators. The loops are generic
+//! over a [`Kernel`]: a portable one (plain f32 lanes that LLVM may vectorize) and, on x86-64,
+//! an AVX2+FMA one written with intrinsics (LLVM's auto-vectorizer split the portable lanes
+//! into 2-wide pieces there, 3-4x slower), inside `#[target_feature]` functions chosen at run
+//! time so one binary runs everywhere.
 
 use super::GgmlType;
 use super::float::{self, FLOAT_CHUNK};
@@ -13,65 +14,139 @@ use super::kquants::{self, QK_K};
 use super::legacy::{self, QK};
 use std::sync::OnceLock;
 
-/// Independent accumulators: one 256-bit register of f32s. More independent chains do not
-/// help here: decoding a block takes longer than the multiply-add latency it hides.
-const LANES: usize = 8;
-
 /// Activation vectors handled per pass in `dot_rows_multi`: each decoded block is used `TILE`
-/// times while it is in registers/L1, and `TILE` accumulators fit in the 16 vector registers.
+/// times while it is in L1, and `TILE` accumulators fit in the 16 vector registers.
 const TILE: usize = 8;
+
+/// The arithmetic the generic loops are written against.
+trait Kernel {
+    /// `dot_row`'s accumulator: several independent chains, so consecutive multiply-adds do
+    /// not wait on each other's latency.
+    type Acc: Copy;
+    /// One activation vector's accumulator in `dot_rows_multi` (the `TILE` vectors already
+    /// give independent chains).
+    type Acc1: Copy;
+    fn zero() -> Self::Acc;
+    fn zero1() -> Self::Acc1;
+    fn fma_block<const N: usize>(acc: &mut Self::Acc, vals: &[f32; N], x: &[f32; N]);
+    /// `acc[t] += vals · x[t]` for every vector of the tile, each 8 values of `vals` loaded once.
+    fn fma_block_tile<const N: usize, const T: usize>(
+        acc: &mut [Self::Acc1; T],
+        vals: &[f32; N],
+        x: [&[f32; N]; T],
+    );
+    fn hsum(acc: Self::Acc) -> f32;
+    fn hsum1(acc: Self::Acc1) -> f32;
+    fn decode<const N: usize, const B: usize, D: Decode<N, B>>(b: &[u8; B], out: &mut [f32; N]);
+}
+
+/// Plain f32 lanes. `FMA` selects `mul_add`, which is a libm call unless the target has FMA.
+struct Portable<const FMA: bool>;
+
+/// Lanes of the portable accumulator: four 8-wide chains.
+const LANES: usize = 32;
+/// Lanes per vector in the portable multi-vector accumulator.
+const LANES1: usize = 8;
 
 #[inline(always)]
 fn madd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
-    // `mul_add` is a libm call unless the target has FMA; use it only where it is one instruction.
     if FMA { a.mul_add(b, acc) } else { acc + a * b }
 }
 
+/// Sum of the lanes: halves added pairwise, the order a vector reduction uses.
 #[inline(always)]
-fn hsum(acc: [f32; LANES]) -> f32 {
-    // Pairwise, the same order a vector reduction uses.
-    let a: [f32; 4] = std::array::from_fn(|i| acc[i] + acc[i + 4]);
-    (a[0] + a[2]) + (a[1] + a[3])
+fn hsum_lanes<const L: usize>(acc: [f32; L]) -> f32 {
+    let mut a = acc;
+    let mut n = L;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            a[i] += a[i + n];
+        }
+    }
+    a[0]
 }
 
-/// `acc += vals · x` over one decoded block.
 #[inline(always)]
-fn fma_block<const N: usize, const FMA: bool>(
-    acc: &mut [f32; LANES],
+fn fma_lanes<const N: usize, const L: usize, const FMA: bool>(
+    acc: &mut [f32; L],
     vals: &[f32; N],
     x: &[f32; N],
 ) {
-    let (v, _) = vals.as_chunks::<LANES>();
-    let (x, _) = x.as_chunks::<LANES>();
+    const {
+        assert!(
+            N.is_multiple_of(L),
+            "a block must be whole accumulator widths"
+        )
+    };
+    let (v, _) = vals.as_chunks::<L>();
+    let (x, _) = x.as_chunks::<L>();
     for (v, x) in v.iter().zip(x) {
-        for i in 0..LANES {
+        for i in 0..L {
             acc[i] = madd::<FMA>(acc[i], v[i], x[i]);
         }
     }
 }
 
-/// A block format as seen by the generic loops: `N` values per `B` bytes. `ES` is the byte
-/// size of one element for the float types (whose rows may end in a partial chunk, decoded
-/// one element at a time by `elem`), 0 for the block-quantized types.
+impl<const FMA: bool> Kernel for Portable<FMA> {
+    type Acc = [f32; LANES];
+    type Acc1 = [f32; LANES1];
+    #[inline(always)]
+    fn zero() -> Self::Acc {
+        [0.0; LANES]
+    }
+    #[inline(always)]
+    fn zero1() -> Self::Acc1 {
+        [0.0; LANES1]
+    }
+    #[inline(always)]
+    fn fma_block<const N: usize>(acc: &mut Self::Acc, vals: &[f32; N], x: &[f32; N]) {
+        fma_lanes::<N, LANES, FMA>(acc, vals, x)
+    }
+    #[inline(always)]
+    fn fma_block_tile<const N: usize, const T: usize>(
+        acc: &mut [Self::Acc1; T],
+        vals: &[f32; N],
+        x: [&[f32; N]; T],
+    ) {
+        for t in 0..T {
+            fma_lanes::<N, LANES1, FMA>(&mut acc[t], vals, x[t]);
+        }
+    }
+    #[inline(always)]
+    fn hsum(acc: Self::Acc) -> f32 {
+        hsum_lanes(acc)
+    }
+    #[inline(always)]
+    fn hsum1(acc: Self::Acc1) -> f32 {
+        hsum_lanes(acc)
+    }
+    #[inline(always)]
+    fn decode<const N: usize, const B: usize, D: Decode<N, B>>(b: &[u8; B], out: &mut [f32; N]) {
+        D::decode(b, out)
+    }
+}
+
+/// `Σ row · x` over whole blocks; `ES` is the byte size of one element for the float types
+/// (whose rows may end in a partial chunk, decoded one element at a time), 0 for quantized
+/// types.
 #[inline(always)]
-fn dot_generic<const N: usize, const B: usize, const ES: usize, const FMA: bool>(
+fn dot_generic<const N: usize, const B: usize, const ES: usize, K: Kernel, D: Decode<N, B>>(
     row: &[u8],
     x: &[f32],
-    decode: impl Fn(&[u8; B], &mut [f32; N]),
-    elem: impl Fn(&[u8]) -> f32,
 ) -> f32 {
     let (blocks, row_tail) = row.as_chunks::<B>();
     let (xb, x_tail) = x.as_chunks::<N>();
-    let mut acc = [0f32; LANES];
+    let mut acc = K::zero();
     let mut vals = [0f32; N];
     for (blk, xs) in blocks.iter().zip(xb) {
-        decode(blk, &mut vals);
-        fma_block::<N, FMA>(&mut acc, &vals, xs);
+        K::decode::<N, B, D>(blk, &mut vals);
+        K::fma_block(&mut acc, &vals, xs);
     }
-    let mut sum = hsum(acc);
+    let mut sum = K::hsum(acc);
     if ES > 0 {
         for (e, &xv) in row_tail.chunks_exact(ES.max(1)).zip(x_tail) {
-            sum += elem(e) * xv;
+            sum += D::elem(e) * xv;
         }
     }
     sum
@@ -83,15 +158,14 @@ fn dot_multi_tile<
     const N: usize,
     const B: usize,
     const ES: usize,
-    const FMA: bool,
     const T: usize,
+    K: Kernel,
+    D: Decode<N, B>,
 >(
     row: &[u8],
     xs: &[f32],
     k: usize,
     out: &mut [f32],
-    decode: &impl Fn(&[u8; B], &mut [f32; N]),
-    elem: &impl Fn(&[u8]) -> f32,
 ) {
     let (blocks, row_tail) = row.as_chunks::<B>();
     let xrows: [&[f32]; T] = std::array::from_fn(|t| xs.get(t * k..(t + 1) * k).unwrap_or(&[]));
@@ -102,20 +176,18 @@ fn dot_multi_tile<
         .min()
         .unwrap_or(0)
         .min(blocks.len());
-    let mut acc = [[0f32; LANES]; T];
+    let mut acc = [K::zero1(); T];
     let mut vals = [0f32; N];
     for (bi, blk) in blocks[..n].iter().enumerate() {
-        decode(blk, &mut vals);
-        for t in 0..T {
-            fma_block::<N, FMA>(&mut acc[t], &vals, &xblocks[t][bi]);
-        }
+        K::decode::<N, B, D>(blk, &mut vals);
+        K::fma_block_tile(&mut acc, &vals, std::array::from_fn(|t| &xblocks[t][bi]));
     }
     for t in 0..T {
-        let mut sum = hsum(acc[t]);
+        let mut sum = K::hsum1(acc[t]);
         if ES > 0 {
             let x_tail = xrows[t].get(n * N..).unwrap_or(&[]);
             for (e, &xv) in row_tail.chunks_exact(ES.max(1)).zip(x_tail) {
-                sum += elem(e) * xv;
+                sum += D::elem(e) * xv;
             }
         }
         if let Some(o) = out.get_mut(t) {
@@ -125,94 +197,225 @@ fn dot_multi_tile<
 }
 
 #[inline(always)]
-fn dot_multi_generic<const N: usize, const B: usize, const ES: usize, const FMA: bool>(
+fn dot_multi_generic<
+    const N: usize,
+    const B: usize,
+    const ES: usize,
+    K: Kernel,
+    D: Decode<N, B>,
+>(
     row: &[u8],
     xs: &[f32],
     k: usize,
     out: &mut [f32],
-    decode: impl Fn(&[u8; B], &mut [f32; N]),
-    elem: impl Fn(&[u8]) -> f32,
 ) {
     let mut t0 = 0;
     let n = out.len();
     while t0 + TILE <= n {
-        dot_multi_tile::<N, B, ES, FMA, TILE>(
-            row,
-            &xs[t0 * k..],
-            k,
-            &mut out[t0..],
-            &decode,
-            &elem,
-        );
+        dot_multi_tile::<N, B, ES, TILE, K, D>(row, &xs[t0 * k..], k, &mut out[t0..]);
         t0 += TILE;
     }
     while t0 < n {
-        out[t0] = dot_generic::<N, B, ES, FMA>(row, &xs[t0 * k..(t0 + 1) * k], &decode, &elem);
+        out[t0] = dot_generic::<N, B, ES, K, D>(row, &xs[t0 * k..(t0 + 1) * k]);
         t0 += 1;
     }
 }
 
-fn no_elem(_: &[u8]) -> f32 {
-    0.0
-}
-fn elem_f32(e: &[u8]) -> f32 {
-    f32::from_le_bytes([e[0], e[1], e[2], e[3]])
-}
-fn elem_f16(e: &[u8]) -> f32 {
-    float::f16_le([e[0], e[1]])
-}
-fn elem_bf16(e: &[u8]) -> f32 {
-    float::bf16_to_f32(u16::from_le_bytes([e[0], e[1]]))
+/// A block format for the generic loops. Implemented on marker types and called as
+/// `D::decode` so the `#[inline(always)]` decoders are inlined into the AVX2 functions
+/// (a function pointer or `Fn` value would be called out of line, compiled without AVX2).
+trait Decode<const N: usize, const B: usize> {
+    fn decode(b: &[u8; B], out: &mut [f32; N]);
+    /// The decoder for the AVX2 kernel: the same values, hand-vectorized where the
+    /// auto-vectorized one is slow.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn decode_avx2(b: &[u8; B], out: &mut [f32; N]) {
+        Self::decode(b, out)
+    }
+    /// One element of a float row's partial last chunk (never called for quantized types).
+    #[inline(always)]
+    fn elem(_: &[u8]) -> f32 {
+        0.0
+    }
 }
 
-/// Expands `$f::<N, B, ES, $fma>($args.., decode, elem)` for the block format of `$ty`.
+macro_rules! block_format {
+    ($name:ident, $n:expr, $b:expr, $decode:path $(, avx2 = $avx2:path)? $(, elem = $elem:expr)?) => {
+        pub(super) struct $name;
+        impl Decode<{ $n }, { $b }> for $name {
+            #[inline(always)]
+            fn decode(b: &[u8; $b], out: &mut [f32; $n]) {
+                $decode(b, out)
+            }
+            $(
+            #[cfg(target_arch = "x86_64")]
+            #[inline(always)]
+            fn decode_avx2(b: &[u8; $b], out: &mut [f32; $n]) {
+                // SAFETY: `decode_avx2` is only called by the AVX2 kernel, which only runs
+                // after run-time detection of AVX2 and FMA.
+                unsafe { $avx2(b, out) }
+            }
+            )?
+            $(
+            #[inline(always)]
+            fn elem(e: &[u8]) -> f32 {
+                ($elem)(e)
+            }
+            )?
+        }
+    };
+}
+
+#[rustfmt::skip]
+mod formats {
+    use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use super::super::avx2;
+    block_format!(F32Fmt, FLOAT_CHUNK, 4 * FLOAT_CHUNK, float::decode_f32,
+        elem = |e: &[u8]| f32::from_le_bytes([e[0], e[1], e[2], e[3]]));
+    block_format!(F16Fmt, FLOAT_CHUNK, 2 * FLOAT_CHUNK, float::decode_f16,
+        elem = |e: &[u8]| float::f16_le([e[0], e[1]]));
+    block_format!(Bf16Fmt, FLOAT_CHUNK, 2 * FLOAT_CHUNK, float::decode_bf16,
+        elem = |e: &[u8]| float::bf16_to_f32(u16::from_le_bytes([e[0], e[1]])));
+    block_format!(Q4_0Fmt, QK, 18, legacy::decode_q4_0, avx2 = avx2::decode_q4_0);
+    block_format!(Q4_1Fmt, QK, 20, legacy::decode_q4_1, avx2 = avx2::decode_q4_1);
+    block_format!(Q5_0Fmt, QK, 22, legacy::decode_q5_0, avx2 = avx2::decode_q5_0);
+    block_format!(Q5_1Fmt, QK, 24, legacy::decode_q5_1, avx2 = avx2::decode_q5_1);
+    block_format!(Q8_0Fmt, QK, 34, legacy::decode_q8_0, avx2 = avx2::decode_q8_0);
+    block_format!(Q2KFmt, QK_K, 84, kquants::decode_q2_k);
+    block_format!(Q3KFmt, QK_K, 110, kquants::decode_q3_k);
+    block_format!(Q4KFmt, QK_K, 144, kquants::decode_q4_k);
+    block_format!(Q5KFmt, QK_K, 176, kquants::decode_q5_k);
+    block_format!(Q6KFmt, QK_K, 210, kquants::decode_q6_k);
+}
+use formats::*;
+
+/// Expands `$f::<N, B, ES, $k, Format>($args..)` for the block format of `$ty`.
 macro_rules! per_type {
-    ($ty:expr, $f:ident, $fma:expr, ($($arg:expr),*)) => {
+    ($ty:expr, $f:ident, $k:ty, ($($arg:expr),*)) => {
         match $ty {
-            GgmlType::F32 => $f::<FLOAT_CHUNK, { 4 * FLOAT_CHUNK }, 4, $fma>($($arg,)* float::decode_f32, elem_f32),
-            GgmlType::F16 => $f::<FLOAT_CHUNK, { 2 * FLOAT_CHUNK }, 2, $fma>($($arg,)* float::decode_f16, elem_f16),
-            GgmlType::BF16 => $f::<FLOAT_CHUNK, { 2 * FLOAT_CHUNK }, 2, $fma>($($arg,)* float::decode_bf16, elem_bf16),
-            GgmlType::Q4_0 => $f::<QK, 18, 0, $fma>($($arg,)* legacy::decode_q4_0, no_elem),
-            GgmlType::Q4_1 => $f::<QK, 20, 0, $fma>($($arg,)* legacy::decode_q4_1, no_elem),
-            GgmlType::Q5_0 => $f::<QK, 22, 0, $fma>($($arg,)* legacy::decode_q5_0, no_elem),
-            GgmlType::Q5_1 => $f::<QK, 24, 0, $fma>($($arg,)* legacy::decode_q5_1, no_elem),
-            GgmlType::Q8_0 => $f::<QK, 34, 0, $fma>($($arg,)* legacy::decode_q8_0, no_elem),
-            GgmlType::Q2K => $f::<QK_K, 84, 0, $fma>($($arg,)* kquants::decode_q2_k, no_elem),
-            GgmlType::Q3K => $f::<QK_K, 110, 0, $fma>($($arg,)* kquants::decode_q3_k, no_elem),
-            GgmlType::Q4K => $f::<QK_K, 144, 0, $fma>($($arg,)* kquants::decode_q4_k, no_elem),
-            GgmlType::Q5K => $f::<QK_K, 176, 0, $fma>($($arg,)* kquants::decode_q5_k, no_elem),
-            GgmlType::Q6K => $f::<QK_K, 210, 0, $fma>($($arg,)* kquants::decode_q6_k, no_elem),
+            GgmlType::F32 => $f::<FLOAT_CHUNK, { 4 * FLOAT_CHUNK }, 4, $k, F32Fmt>($($arg),*),
+            GgmlType::F16 => $f::<FLOAT_CHUNK, { 2 * FLOAT_CHUNK }, 2, $k, F16Fmt>($($arg),*),
+            GgmlType::BF16 => $f::<FLOAT_CHUNK, { 2 * FLOAT_CHUNK }, 2, $k, Bf16Fmt>($($arg),*),
+            GgmlType::Q4_0 => $f::<QK, 18, 0, $k, Q4_0Fmt>($($arg),*),
+            GgmlType::Q4_1 => $f::<QK, 20, 0, $k, Q4_1Fmt>($($arg),*),
+            GgmlType::Q5_0 => $f::<QK, 22, 0, $k, Q5_0Fmt>($($arg),*),
+            GgmlType::Q5_1 => $f::<QK, 24, 0, $k, Q5_1Fmt>($($arg),*),
+            GgmlType::Q8_0 => $f::<QK, 34, 0, $k, Q8_0Fmt>($($arg),*),
+            GgmlType::Q2K => $f::<QK_K, 84, 0, $k, Q2KFmt>($($arg),*),
+            GgmlType::Q3K => $f::<QK_K, 110, 0, $k, Q3KFmt>($($arg),*),
+            GgmlType::Q4K => $f::<QK_K, 144, 0, $k, Q4KFmt>($($arg),*),
+            GgmlType::Q5K => $f::<QK_K, 176, 0, $k, Q5KFmt>($($arg),*),
+            GgmlType::Q6K => $f::<QK_K, 210, 0, $k, Q6KFmt>($($arg),*),
         }
     };
 }
 
 /// Whether the portable build may use `mul_add` (aarch64 always has FMA).
-const PORTABLE_FMA: bool = cfg!(target_arch = "aarch64");
+type PortableKernel = Portable<{ cfg!(target_arch = "aarch64") }>;
 
 fn dot_portable(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
-    per_type!(ty, dot_generic, PORTABLE_FMA, (row, x))
+    per_type!(ty, dot_generic, PortableKernel, (row, x))
 }
 
 fn multi_portable(ty: GgmlType, row: &[u8], xs: &[f32], k: usize, out: &mut [f32]) {
-    per_type!(ty, dot_multi_generic, PORTABLE_FMA, (row, xs, k, out))
+    per_type!(ty, dot_multi_generic, PortableKernel, (row, xs, k, out))
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
+    use std::arch::x86_64::*;
+
+    /// The AVX2+FMA kernel. Its methods use AVX2 intrinsics, so it must only be used inside
+    /// `dot_avx2`/`multi_avx2`, which run only after run-time feature detection; the type is
+    /// private to this module to keep it that way.
+    struct Avx2;
+
+    impl Kernel for Avx2 {
+        type Acc = [__m256; 4];
+        type Acc1 = __m256;
+        #[inline(always)]
+        fn zero() -> Self::Acc {
+            // SAFETY (all methods): only reached from the `target_feature` functions below.
+            unsafe { [_mm256_setzero_ps(); 4] }
+        }
+        #[inline(always)]
+        fn zero1() -> Self::Acc1 {
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        fn fma_block<const N: usize>(acc: &mut Self::Acc, vals: &[f32; N], x: &[f32; N]) {
+            const { assert!(N.is_multiple_of(32)) };
+            for c in 0..N / 32 {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let o = 32 * c + 8 * j;
+                    // SAFETY: AVX2 (see `zero`); unaligned loads of vals/x[o..o + 8]. Slices,
+                    // not `ptr.add`, whose debug-build precondition checks cost 3x here.
+                    unsafe {
+                        let v = _mm256_loadu_ps(vals[o..o + 8].as_ptr());
+                        let xv = _mm256_loadu_ps(x[o..o + 8].as_ptr());
+                        *a = _mm256_fmadd_ps(v, xv, *a);
+                    }
+                }
+            }
+        }
+        #[inline(always)]
+        fn fma_block_tile<const N: usize, const T: usize>(
+            acc: &mut [Self::Acc1; T],
+            vals: &[f32; N],
+            x: [&[f32; N]; T],
+        ) {
+            const { assert!(N.is_multiple_of(8)) };
+            for c in 0..N / 8 {
+                // SAFETY: AVX2 (see `zero`); unaligned loads of 8 floats inside each array.
+                unsafe {
+                    let v = _mm256_loadu_ps(vals[8 * c..8 * c + 8].as_ptr());
+                    for t in 0..T {
+                        let xv = _mm256_loadu_ps(x[t][8 * c..8 * c + 8].as_ptr());
+                        acc[t] = _mm256_fmadd_ps(v, xv, acc[t]);
+                    }
+                }
+            }
+        }
+        #[inline(always)]
+        fn hsum(acc: Self::Acc) -> f32 {
+            unsafe {
+                let a = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+                Self::hsum1(a)
+            }
+        }
+        #[inline(always)]
+        fn hsum1(a: Self::Acc1) -> f32 {
+            unsafe {
+                let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                _mm_cvtss_f32(s)
+            }
+        }
+        #[inline(always)]
+        fn decode<const N: usize, const B: usize, D: Decode<N, B>>(
+            b: &[u8; B],
+            out: &mut [f32; N],
+        ) {
+            D::decode_avx2(b, out)
+        }
+    }
 
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dot_avx2(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
-        per_type!(ty, dot_generic, true, (row, x))
+        per_type!(ty, dot_generic, Avx2, (row, x))
     }
 
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn multi_avx2(ty: GgmlType, row: &[u8], xs: &[f32], k: usize, out: &mut [f32]) {
-        per_type!(ty, dot_multi_generic, true, (row, xs, k, out))
+        per_type!(ty, dot_multi_generic, Avx2, (row, xs, k, out))
     }
 
     // Only installed by `kernels()` after `is_x86_feature_detected!` confirmed both features.

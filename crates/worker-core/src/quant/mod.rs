@@ -1,5 +1,7 @@
 //! GGML block formats: type table, dequantization and CPU dot products.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod dot;
 mod float;
 mod kquants;
@@ -32,7 +34,7 @@ pub enum QuantError {
 /// `bytes` holds. Values are bit-identical to ggml's `dequantize_row_*`.
 pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
     let bb = ty.block_bytes();
-    if bytes.len() % bb != 0 {
+    if !bytes.len().is_multiple_of(bb) {
         return Err(QuantError::PartialBlock {
             ty,
             bytes: bytes.len(),

@@ -116,7 +116,7 @@ impl GgmlType {
     /// whole number of blocks or the size overflows.
     pub fn bytes_for(self, elements: u64) -> Option<u64> {
         let be = self.block_elements() as u64;
-        if elements % be != 0 {
+        if !elements.is_multiple_of(be) {
             return None;
         }
         (elements / be).checked_mul(self.block_bytes() as u64)
