@@ -32,9 +32,10 @@ fn cuda_home(toolchain: &Path) -> PathBuf {
         Some(toolchain.join("cuda")),
         Some(PathBuf::from("/usr/local/cuda")),
     ];
-    if let Some(explicit) = &candidates[0]
-        && !explicit.join("bin/nvcc").is_file()
-    {
+    let explicit_without_nvcc = candidates[0]
+        .as_ref()
+        .filter(|dir| !dir.join("bin/nvcc").is_file());
+    if let Some(explicit) = explicit_without_nvcc {
         panic!(
             "CUDA_HOME={} has no bin/nvcc. Point CUDA_HOME at a CUDA 13.0 toolkit, or unset it \
              and run `cargo xtask build-cuda` to install one.",
