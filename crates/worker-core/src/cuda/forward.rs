@@ -1,0 +1,306 @@
+//! The forward pass on the device (BRIEF §2 order), over preallocated activation buffers:
+//! no allocation and no host synchronization inside a step (checkpoint logging aside, which
+//! copies to the host explicitly and only when a sink is attached).
+
+use super::kernels::{self as k, Heads, KResult};
+use super::kv::{KvIndex, LayerCache};
+use super::weights::{DeviceLayer, DeviceMatrix, DeviceWeights};
+use crate::model::ModelConfig;
+use cudarc::driver::{CudaSlice, CudaStream, DriverError};
+use std::sync::Arc;
+
+/// Tokens processed per launch sequence; the activations are sized for this many rows.
+pub struct Activations {
+    pub cap: usize,
+    pub ids: CudaSlice<i32>,
+    /// The residual stream [cap, d].
+    pub x: CudaSlice<f32>,
+    /// Normalized activations in f32 [cap, d] (used only by float-typed weights).
+    pub h: CudaSlice<f32>,
+    pub q: CudaSlice<f32>,
+    pub k: CudaSlice<f32>,
+    pub v: CudaSlice<f32>,
+    /// Attention output [cap, q_dim].
+    pub a: CudaSlice<f32>,
+    pub gate: CudaSlice<f32>,
+    pub up: CudaSlice<f32>,
+    /// q8_1 form of whichever activation feeds the next quantized matmul.
+    pub q8: CudaSlice<u8>,
+    pub attn_scratch: CudaSlice<u8>,
+    /// Largest context the decode-attention scratch was sized for.
+    pub max_ctx: usize,
+}
+
+/// Sizes of the activation buffers, in elements; `bytes` is their total.
+pub struct ActPlan {
+    pub cap: usize,
+    pub q8_bytes: usize,
+    pub attn_scratch: usize,
+    pub max_ctx: usize,
+}
+
+impl ActPlan {
+    pub fn new(
+        c: &ModelConfig,
+        cap: usize,
+        max_decode_seqs: usize,
+        max_ctx: usize,
+    ) -> Result<Self, String> {
+        let widest = c.d_model.max(c.q_dim()).max(c.d_ff);
+        let attn_scratch =
+            k::attention_decode_scratch_bytes(max_decode_seqs.min(cap), heads(c), max_ctx)
+                .map_err(|e| format!("sizing the attention scratch: {e}"))?;
+        Ok(ActPlan {
+            cap,
+            q8_bytes: k::q8_bytes(cap, widest),
+            attn_scratch,
+            max_ctx,
+        })
+    }
+
+    pub fn bytes(&self, c: &ModelConfig) -> u64 {
+        let floats = self.cap * (2 * c.d_model + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.d_ff);
+        (4 * floats + 4 * self.cap + self.q8_bytes + self.attn_scratch.max(1)) as u64
+    }
+}
+
+pub fn heads(c: &ModelConfig) -> Heads {
+    Heads {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+    }
+}
+
+impl Activations {
+    pub fn new(s: &Arc<CudaStream>, c: &ModelConfig, p: &ActPlan) -> Result<Self, DriverError> {
+        let f = |n: usize| s.alloc_zeros::<f32>(p.cap * n);
+        Ok(Activations {
+            cap: p.cap,
+            ids: s.alloc_zeros(p.cap)?,
+            x: f(c.d_model)?,
+            h: f(c.d_model)?,
+            q: f(c.q_dim())?,
+            k: f(c.kv_dim())?,
+            v: f(c.kv_dim())?,
+            a: f(c.q_dim())?,
+            gate: f(c.d_ff)?,
+            up: f(c.d_ff)?,
+            q8: s.alloc_zeros(p.q8_bytes)?,
+            attn_scratch: s.alloc_zeros(p.attn_scratch.max(1))?,
+            max_ctx: p.max_ctx,
+        })
+    }
+}
+
+/// `out (+)= W · x`: through the q8_1 activations for quantized W, the f32 ones otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    s: &CudaStream,
+    w: &DeviceMatrix,
+    xf: &CudaSlice<f32>,
+    q8: &CudaSlice<u8>,
+    bias: Option<&CudaSlice<f32>>,
+    out: &mut CudaSlice<f32>,
+    t: usize,
+    accumulate: bool,
+) -> KResult {
+    if w.is_quantized() {
+        k::matvec_q(
+            s, w.ty, &w.buf, q8, bias, out, w.rows, w.cols, t, accumulate,
+        )
+    } else {
+        k::matvec_f(
+            s, w.ty, &w.buf, xf, bias, out, w.rows, w.cols, t, accumulate,
+        )
+    }
+}
+
+/// Normalizes `x [t, d]` with `w` into the forms `consumers` need: f32 in `h` when one of them
+/// has float weights, q8_1 in `q8` when one is quantized (fused when only q8_1 is needed).
+#[allow(clippy::too_many_arguments)]
+pub fn norm_for(
+    s: &CudaStream,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    consumers: &[&DeviceMatrix],
+    h: &mut CudaSlice<f32>,
+    q8: &mut CudaSlice<u8>,
+    t: usize,
+    d: usize,
+    eps: f32,
+) -> KResult {
+    let need_f = consumers.iter().any(|m| !m.is_quantized());
+    let need_q = consumers.iter().any(|m| m.is_quantized());
+    if need_f {
+        k::rmsnorm(s, x, w, h, t, d, eps)?;
+        if need_q {
+            k::quantize_q8_1(s, h, q8, t, d)?;
+        }
+        Ok(())
+    } else {
+        k::rmsnorm_quantize_q8_1(s, x, w, q8, t, d, eps)
+    }
+}
+
+/// Embeds the `t` token ids already in `act.ids` into `act.x`.
+pub fn embed(
+    s: &CudaStream,
+    c: &ModelConfig,
+    w: &DeviceWeights,
+    act: &mut Activations,
+    t: usize,
+) -> KResult {
+    let e = &w.token_embd;
+    k::get_rows(
+        s,
+        e.ty,
+        &e.buf,
+        &act.ids,
+        &mut act.x,
+        t,
+        c.vocab_size,
+        c.d_model,
+    )
+}
+
+/// One transformer block over the `t = idx.tokens()` rows of `act.x`.
+pub fn layer(
+    s: &CudaStream,
+    c: &ModelConfig,
+    l: &DeviceLayer,
+    cache: &mut LayerCache,
+    idx: &KvIndex,
+    act: &mut Activations,
+) -> KResult {
+    let t = idx.tokens();
+    let (d, eps) = (c.d_model, c.rms_eps);
+    let hd = heads(c);
+    let neox = c.arch.rope_style == crate::model::RopeStyle::Neox;
+    let a = act;
+
+    // Attention.
+    norm_for(
+        s,
+        &a.x,
+        &l.attn_norm,
+        &[&l.wq, &l.wk, &l.wv],
+        &mut a.h,
+        &mut a.q8,
+        t,
+        d,
+        eps,
+    )?;
+    matmul(s, &l.wq, &a.h, &a.q8, l.bq.as_ref(), &mut a.q, t, false)?;
+    matmul(s, &l.wk, &a.h, &a.q8, l.bk.as_ref(), &mut a.k, t, false)?;
+    matmul(s, &l.wv, &a.h, &a.q8, l.bv.as_ref(), &mut a.v, t, false)?;
+    k::rope_kv_write(
+        s,
+        &mut a.q,
+        &mut a.k,
+        &a.v,
+        idx,
+        cache,
+        hd,
+        c.rope_base,
+        neox,
+    )?;
+    if idx.is_decode() {
+        let split = cuda_sys::WK_ATTN_SPLIT as usize;
+        let max_ctx = idx.max_seq_len().div_ceil(split).max(1) * split;
+        let max_ctx = max_ctx.min(a.max_ctx.max(idx.max_seq_len()));
+        k::attention_decode(
+            s,
+            &a.q,
+            cache,
+            idx,
+            &mut a.a,
+            &mut a.attn_scratch,
+            hd,
+            max_ctx,
+        )?;
+    } else {
+        k::attention_prefill(s, &a.q, cache, idx, &mut a.a, hd)?;
+    }
+    if l.wo.is_quantized() {
+        k::quantize_q8_1(s, &a.a, &mut a.q8, t, c.q_dim())?;
+    }
+    matmul(s, &l.wo, &a.a, &a.q8, None, &mut a.x, t, true)?;
+
+    // MLP.
+    norm_for(
+        s,
+        &a.x,
+        &l.ffn_norm,
+        &[&l.w_gate, &l.w_up],
+        &mut a.h,
+        &mut a.q8,
+        t,
+        d,
+        eps,
+    )?;
+    matmul(s, &l.w_gate, &a.h, &a.q8, None, &mut a.gate, t, false)?;
+    matmul(s, &l.w_up, &a.h, &a.q8, None, &mut a.up, t, false)?;
+    k::silu_mul_inplace(s, &mut a.gate, &a.up, t * c.d_ff)?;
+    if l.w_down.is_quantized() {
+        k::quantize_q8_1(s, &a.gate, &mut a.q8, t, c.d_ff)?;
+    }
+    matmul(s, &l.w_down, &a.gate, &a.q8, None, &mut a.x, t, true)
+}
+
+/// Buffers of the output head: the final hidden rows that want logits, normalized, and the
+/// logits, for up to `rows` rows.
+pub struct OutputBuffers {
+    pub rows: usize,
+    pub xf: CudaSlice<f32>,
+    pub hf: CudaSlice<f32>,
+    pub logits: CudaSlice<f32>,
+}
+
+impl OutputBuffers {
+    pub fn bytes_for(c: &ModelConfig, rows: usize) -> u64 {
+        4 * (rows * (2 * c.d_model + c.vocab_size)) as u64
+    }
+
+    pub fn new(s: &Arc<CudaStream>, c: &ModelConfig, rows: usize) -> Result<Self, DriverError> {
+        let rows = rows.max(1);
+        Ok(OutputBuffers {
+            rows,
+            xf: s.alloc_zeros(rows * c.d_model)?,
+            hf: s.alloc_zeros(rows * c.d_model)?,
+            logits: s.alloc_zeros(rows * c.vocab_size)?,
+        })
+    }
+}
+
+/// `logits[0..r] = W_out · rmsnorm(xf[0..r])`, the q8_1 staging done `act.cap` rows at a time.
+pub fn output_head(
+    s: &CudaStream,
+    c: &ModelConfig,
+    w: &DeviceWeights,
+    out: &mut OutputBuffers,
+    act: &mut Activations,
+    r: usize,
+) -> KResult {
+    let (d, v) = (c.d_model, c.vocab_size);
+    k::rmsnorm(s, &out.xf, &w.output_norm, &mut out.hf, r, d, c.rms_eps)?;
+    let head = w.output();
+    let mut r0 = 0;
+    while r0 < r {
+        let n = (r - r0).min(act.cap);
+        let hf = out.hf.slice(r0 * d..(r0 + n) * d);
+        let mut lg = out.logits.slice_mut(r0 * v..(r0 + n) * v);
+        if head.is_quantized() {
+            k::quantize_q8_1(s, &hf, &mut act.q8, n, d)?;
+            k::matvec_q(
+                s, head.ty, &head.buf, &act.q8, None, &mut lg, head.rows, head.cols, n, false,
+            )?;
+        } else {
+            k::matvec_f(
+                s, head.ty, &head.buf, &hf, None, &mut lg, head.rows, head.cols, n, false,
+            )?;
+        }
+        r0 += n;
+    }
+    Ok(())
+}
