@@ -7,11 +7,10 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
 
 /// The CUDA pieces from the package index, pinned to 13.0: the GPU machines' driver (580, CUDA
 /// 13.0) cannot load PTX from a newer nvcc.
@@ -28,7 +27,7 @@ const CMAKE_MIN: (u32, u32) = (3, 24);
 const TOOLCHAIN_DIR: &str = ".cuda-toolchain";
 const STAMP_FILE: &str = ".worker-toolchain-stamp";
 
-#[derive(Debug, Args)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Build with `--release`.
     #[arg(long)]
@@ -59,9 +58,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let toolchain = resolve_toolchain(&root)?;
     let nvcc_version = nvcc_version(&toolchain.cuda_home)?;
     if args.env_only {
-        println!("export CUDA_HOME={}", toolchain.cuda_home.display());
+        println!("export CUDA_HOME='{}'", toolchain.cuda_home.display());
         if let Some(cmake) = &toolchain.cmake {
-            println!("export CMAKE={}", cmake.display());
+            println!("export CMAKE='{}'", cmake.display());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -355,8 +354,10 @@ fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
     symlink(&relative, link)
 }
 
+/// Runs a command with its stdout sent to our stderr: `--env-only`'s stdout must stay pure shell.
 fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd
+        .stdout(Stdio::from(std::io::stderr()))
         .status()
         .with_context(|| format!("{what}: could not start {cmd:?}"))?;
     if !status.success() {
