@@ -5,6 +5,7 @@
 //! [`GgufError`], never a panic, a hang or a huge allocation.
 
 mod parse;
+pub mod writer;
 mod value;
 
 pub use value::{Value, ValueType};
