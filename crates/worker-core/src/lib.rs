@@ -13,3 +13,4 @@ pub mod sampling;
 pub mod trace;
 #[cfg(feature = "cuda")] pub mod cuda;
 pub mod bench;
+pub mod synth;
