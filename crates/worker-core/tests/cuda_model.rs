@@ -1,0 +1,423 @@
+//! The whole model on the CUDA backend: against the CPU backend (same logits within tolerances,
+//! prefill and decode, batched decode, split prefill), against HF transformers (the teacher-forced
+//! thresholds), greedy generation through the engine, and the VRAM rules (start-up check with
+//! both numbers, out-of-memory during a request without losing the backend).
+//!
+//! Runs only with `--features cuda`; skips (message on stderr) when there is no CUDA driver/GPU.
+//! On a GPU machine:
+//! - the model: `WORKER_ORCD_MODEL=/path/model.gguf`, default
+//!   `~/.cache/worker-orcd/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf`;
+//! - the golden files: `WORKER_ORCD_GOLDEN_DIR=/path/golden` (holding teacher_forced_hf.jsonl),
+//!   default the checkout's `../shared/golden`.
+#![cfg(feature = "cuda")]
+
+#[path = "common/teacher.rs"]
+mod teacher;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use worker_core::cpu::CpuBackend;
+use worker_core::cuda::device;
+use worker_core::cuda::{CudaBackend, CudaConfig, CudaInitError};
+use worker_core::engine::{
+    Backend, BackendError, BatchItem, EngineConfig, EngineHandle, Event, GenerateRequest, LogitsWanted, SampleRequest,
+    StopReason,
+};
+use worker_core::model::Model;
+use worker_core::sampling::{self, SamplingParams};
+use worker_core::tokenizer::Tokenizer;
+
+/// GPU tests run one at a time (each holds a model in VRAM; the budget test reads free memory).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn no_gpu() -> bool {
+    match device::unavailable_reason(0) {
+        Some(why) => {
+            eprintln!("SKIPPED (no CUDA GPU here: {why})");
+            true
+        }
+        None => false,
+    }
+}
+
+fn model_path() -> PathBuf {
+    std::env::var_os("WORKER_ORCD_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/worker-orcd/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    })
+}
+
+fn model() -> Arc<Model> {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let p = model_path();
+            Arc::new(Model::load(&p).unwrap_or_else(|e| {
+                panic!("loading {} failed ({e}); set WORKER_ORCD_MODEL to the default model's GGUF", p.display())
+            }))
+        })
+        .clone()
+}
+
+fn tokenizer() -> Arc<Tokenizer> {
+    static TOK: OnceLock<Arc<Tokenizer>> = OnceLock::new();
+    TOK.get_or_init(|| Arc::new(Tokenizer::from_gguf(&model().file).expect("tokenizer"))).clone()
+}
+
+fn golden_lines(name: &str) -> Vec<serde_json::Value> {
+    let dir = std::env::var_os("WORKER_ORCD_GOLDEN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("reading {} failed ({e}); set WORKER_ORCD_GOLDEN_DIR to a folder holding {name}", path.display())
+    });
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("golden JSON")).collect()
+}
+
+fn cuda(cfg: CudaConfig) -> CudaBackend {
+    CudaBackend::with_config(model(), 4096, 0, cfg).unwrap_or_else(|e| panic!("CUDA backend: {e}"))
+}
+
+fn encode(text: &str) -> Vec<u32> {
+    tokenizer().encode(text, true).expect("encode")
+}
+
+const PROMPTS: [&str; 3] = [
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWrite a haiku about GPU memory.<|im_end|>\n<|im_start|>assistant\n",
+];
+
+/// Per-row agreement of two logits rows: |Δ logprob| over the reference's top 5, and whether the
+/// argmax agrees where the reference margin is ≥ 0.2.
+struct Agreement {
+    errors: Vec<f32>,
+    decisive: usize,
+    misses: Vec<String>,
+}
+
+impl Agreement {
+    fn new() -> Self {
+        Agreement { errors: Vec::new(), decisive: 0, misses: Vec::new() }
+    }
+
+    fn add(&mut self, label: &str, ours: &[f32], reference: &[f32]) {
+        assert_eq!(ours.len(), reference.len());
+        assert!(ours.iter().all(|v| v.is_finite()), "{label}: non-finite CUDA logits");
+        let (lo, lr) = (sampling::logsumexp(ours), sampling::logsumexp(reference));
+        let top = sampling::top_n(reference, 5, lr);
+        for &(id, lp) in &top {
+            self.errors.push(((ours[id as usize] - lo) - lp).abs());
+        }
+        if top[0].1 - top[1].1 >= 0.2 {
+            self.decisive += 1;
+            let a = sampling::argmax(ours) as u32;
+            if a != top[0].0 {
+                self.misses.push(format!("{label}: CUDA {a}, CPU {}", top[0].0));
+            }
+        }
+    }
+
+    /// The teacher-forced thresholds, applied CUDA vs CPU.
+    fn check(mut self, label: &str) {
+        assert!(!self.errors.is_empty());
+        self.errors.sort_by(f32::total_cmp);
+        let pct = |p: f64| self.errors[((self.errors.len() - 1) as f64 * p).round() as usize];
+        let (median, p95, max) = (pct(0.5), pct(0.95), self.errors[self.errors.len() - 1]);
+        eprintln!(
+            "[{label}] CUDA vs CPU: {} rows, {} decisive; top-5 |Δlogprob| median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 misses {}",
+            self.errors.len() / 5,
+            self.decisive,
+            self.misses.len()
+        );
+        assert!(self.misses.is_empty(), "{label}: top-1 disagrees where the CPU margin ≥ 0.2: {:?}", self.misses);
+        assert!(median <= 0.05, "{label}: median {median} > 0.05");
+        assert!(p95 <= 0.2, "{label}: p95 {p95} > 0.2");
+    }
+}
+
+fn table_for(n_positions: usize, first_block: u32, bs: usize) -> Vec<u32> {
+    (0..n_positions.div_ceil(bs) as u32).map(|b| first_block + 2 * b).collect()
+}
+
+/// Prompt logits (every position) and then `steps` greedy decode steps, on one backend; returns
+/// every logits row and the tokens fed.
+fn prompt_then_decode(b: &mut dyn Backend, prompt: &[u32], feed: Option<&[u32]>, steps: usize, first_block: u32) -> (Vec<Vec<f32>>, Vec<u32>) {
+    let bs = b.kv_block_size();
+    let table = table_for(prompt.len() + steps + 1, first_block, bs);
+    b.forward(&[BatchItem { tokens: prompt, start_pos: 0, block_table: &table, logits: LogitsWanted::All, trace: None }])
+        .expect("prefill");
+    let mut rows: Vec<Vec<f32>> = (0..prompt.len()).map(|r| b.logits(r).expect("row")).collect();
+    let mut fed = Vec::new();
+    for i in 0..steps {
+        let next = match feed {
+            Some(f) => f[i],
+            None => sampling::argmax(rows.last().unwrap()) as u32,
+        };
+        fed.push(next);
+        let pos = prompt.len() + i;
+        b.forward(&[BatchItem { tokens: &[next], start_pos: pos, block_table: &table, logits: LogitsWanted::Last, trace: None }])
+            .expect("decode");
+        rows.push(b.logits(0).expect("row"));
+    }
+    (rows, fed)
+}
+
+#[test]
+fn cuda_matches_cpu_on_prompts_and_decode_steps() {
+    if no_gpu() {
+        return;
+    }
+    let _g = serial();
+    let mut cpu = CpuBackend::new(model(), 4096);
+    let mut gpu = cuda(CudaConfig::default());
+    let mut agree = Agreement::new();
+    for p in PROMPTS {
+        let prompt = encode(p);
+        let (cpu_rows, fed) = prompt_then_decode(&mut cpu, &prompt, None, 8, 1);
+        // The CUDA backend is fed the CPU's tokens so both see the same sequence.
+        let (gpu_rows, _) = prompt_then_decode(&mut gpu, &prompt, Some(&fed), 8, 3);
+        for (i, (o, r)) in gpu_rows.iter().zip(&cpu_rows).enumerate() {
+            agree.add(&format!("{:?} row {i}", &p[..p.len().min(20)]), o, r);
+        }
+    }
+    agree.check("prefill + decode");
+}
+
+#[test]
+fn batched_decode_and_split_prefill_match_single_sequence_runs() {
+    if no_gpu() {
+        return;
+    }
+    let _g = serial();
+    let mut cpu = CpuBackend::new(model(), 4096);
+    // Small launch sizes: the prompts are split into 16-token pieces, decode groups into pairs.
+    let small = CudaConfig { max_batch_tokens: 16, max_decode_seqs: 2, max_logit_rows: 4, ..Default::default() };
+    let mut gpu = cuda(small);
+    let bs = gpu.kv_block_size();
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| encode(p)).collect();
+    let tables: Vec<Vec<u32>> = prompts.iter().enumerate().map(|(i, p)| table_for(p.len() + 4, i as u32 * 64, bs)).collect();
+    let mut agree = Agreement::new();
+    // Prefill all three in one forward (the logits buffer grows past 4 rows).
+    let items: Vec<BatchItem<'_>> = prompts
+        .iter()
+        .zip(&tables)
+        .map(|(p, t)| BatchItem { tokens: p, start_pos: 0, block_table: t, logits: LogitsWanted::All, trace: None })
+        .collect();
+    gpu.forward(&items).expect("batched prefill");
+    let mut row = 0;
+    let mut last = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let (cpu_rows, _) = prompt_then_decode(&mut cpu, p, Some(&[]), 0, 1);
+        for (j, r) in cpu_rows.iter().enumerate() {
+            agree.add(&format!("prompt {i} row {j}"), &gpu.logits(row + j).unwrap(), r);
+        }
+        row += p.len();
+        last.push(sampling::argmax(cpu_rows.last().unwrap()) as u32);
+    }
+    // One decode step for all three sequences together (a group of 2, then 1).
+    let items: Vec<BatchItem<'_>> = prompts
+        .iter()
+        .zip(&tables)
+        .zip(&last)
+        .map(|((p, t), tok)| BatchItem {
+            tokens: std::slice::from_ref(tok),
+            start_pos: p.len(),
+            block_table: t,
+            logits: LogitsWanted::Last,
+            trace: None,
+        })
+        .collect();
+    gpu.forward(&items).expect("batched decode");
+    for (i, p) in prompts.iter().enumerate() {
+        let (cpu_rows, _) = prompt_then_decode(&mut cpu, p, Some(&last[i..i + 1]), 1, 1);
+        agree.add(&format!("decode seq {i}"), &gpu.logits(i).unwrap(), cpu_rows.last().unwrap());
+    }
+    agree.check("batched / split");
+}
+
+#[test]
+fn cuda_meets_the_teacher_forced_thresholds_against_hf() {
+    if no_gpu() {
+        return;
+    }
+    let _g = serial();
+    let cases = golden_lines("teacher_forced_hf.jsonl");
+    let mut gpu = cuda(CudaConfig::default());
+    teacher::check_teacher_forced(&mut gpu, "cuda", &cases);
+}
+
+fn engine_run(engine: &EngineHandle, req: GenerateRequest) -> (Vec<u32>, String, StopReason) {
+    let mut sub = engine.submit(req).expect("submit");
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    loop {
+        match sub.events.blocking_recv().expect("the stream ends with Finished") {
+            Event::Token { id, text: piece, .. } => {
+                ids.push(id);
+                text.push_str(&piece);
+            }
+            Event::Finished { reason, .. } => return (ids, text, reason),
+            Event::Error(e) => panic!("engine error: {e}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_through_the_engine_says_paris() {
+    if no_gpu() {
+        return;
+    }
+    let _g = serial();
+    let backend = cuda(CudaConfig::default());
+    let info = backend.info();
+    assert!(info.resident_on_device && info.bytes_used > 400 << 20, "{info:?}");
+    eprintln!("CUDA backend: {} using {} bytes", info.device, info.bytes_used);
+    let cfg = EngineConfig { max_batch: 4, ctx_size: 1024, ..Default::default() };
+    let engine = EngineHandle::spawn(Box::new(backend), tokenizer(), cfg);
+    let (ids, text, reason) = engine_run(&engine, GenerateRequest::greedy(encode("The capital of France is"), 12));
+    eprintln!("greedy: {text:?}");
+    assert!(text.starts_with(" Paris"), "got {text:?}");
+    assert_eq!(reason, StopReason::MaxTokens);
+    // Against llama.cpp's greedy continuation (same quantized model): the same first tokens.
+    if let Some(case) = std::env::var_os("WORKER_ORCD_GOLDEN_DIR")
+        .map(|_| golden_lines("greedy_llamacpp.jsonl"))
+        .and_then(|l| l.into_iter().find(|c| c["name"] == "capital"))
+    {
+        let want: Vec<u32> = case["generated"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let same = ids.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        eprintln!("greedy vs llama.cpp: {same} of {} tokens identical", ids.len());
+        assert!(same >= 4, "CUDA greedy {ids:?} vs llama.cpp {want:?}");
+    }
+    // Seeded sampling through the device sampler replays exactly.
+    let mut req = GenerateRequest::greedy(encode("Once upon a time"), 10);
+    req.sampling = SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, seed: Some(7), ..Default::default() };
+    let a = engine_run(&engine, req.clone());
+    let b = engine_run(&engine, req);
+    assert_eq!(a.0, b.0, "same seed, same tokens");
+    eprintln!("sampled: {:?}", a.1);
+}
+
+#[test]
+fn device_sampling_matches_the_host_sampler_on_model_logits() {
+    if no_gpu() {
+        return;
+    }
+    let _g = serial();
+    let mut gpu = cuda(CudaConfig::default());
+    let prompt = encode("Once upon a time, in a land far away,");
+    let table = table_for(prompt.len(), 0, gpu.kv_block_size());
+    gpu.forward(&[BatchItem { tokens: &prompt, start_pos: 0, block_table: &table, logits: LogitsWanted::Last, trace: None }])
+        .unwrap();
+    let logits = gpu.logits(0).unwrap();
+    let params = [
+        SamplingParams::greedy(),
+        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, ..Default::default() },
+        SamplingParams { temperature: 1.2, min_p: 0.05, repetition_penalty: 1.3, ..Default::default() },
+        SamplingParams { temperature: 0.7, presence_penalty: 0.5, frequency_penalty: 0.3, ..Default::default() },
+    ];
+    let history = prompt.clone();
+    let mut boundary = 0;
+    for p in &params {
+        for i in 0..50 {
+            let u = (i as f32 + 0.5) / 50.0;
+            let req = SampleRequest { row: 0, params: p, history: &history, uniform: u, logprobs: Some(3) };
+            let got = gpu.sample(&[req]).unwrap().remove(0);
+            let (want, want_lp) = sampling::sample_host(&logits, p, &history, u, Some(3));
+            if got.token != want {
+                let near = [-1e-4f32, 1e-4]
+                    .iter()
+                    .any(|du| sampling::sample_host(&logits, p, &history, u + du, None).0 == got.token);
+                assert!(near, "{p:?} u={u}: device {}, host {want}", got.token);
+                boundary += 1;
+                continue;
+            }
+            let (lp, wlp) = (got.logprob.unwrap(), want_lp.unwrap());
+            assert!((lp.logprob - wlp.logprob).abs() < 1e-3, "logprob {} vs {}", lp.logprob, wlp.logprob);
+            assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), wlp.top.iter().map(|t| t.0).collect::<Vec<_>>());
+        }
+    }
+    assert!(boundary <= 2, "{boundary} boundary disagreements");
+    let lp = gpu.token_logprob(0, 42, 5).unwrap();
+    let want = sampling::token_logprob(&logits, 42, 5);
+    assert!((lp.logprob - want.logprob).abs() < 1e-3 && lp.top.len() == 5);
+}
+
+#[test]
+fn start_fails_with_needed_and_free_bytes_under_a_small_budget() {
+    if no_gpu() {
+        return;
+    }
+    let _g = serial();
+    let budget = 64u64 << 20;
+    let cfg = CudaConfig { max_vram_bytes: Some(budget), ..Default::default() };
+    let err = match CudaBackend::with_config(model(), 4096, 0, cfg) {
+        Err(e) => e,
+        Ok(_) => panic!("a 0.5B model cannot fit 64 MiB"),
+    };
+    let msg = err.to_string();
+    eprintln!("start-up error: {msg}");
+    assert!(err.is_insufficient_vram(), "{err:?}");
+    let CudaInitError::InsufficientVram { needed, free, .. } = &err else { unreachable!() };
+    assert!(*needed > budget && *free > budget, "{err:?}");
+    assert!(msg.contains(&format!("needed {needed} bytes")) && msg.contains(&format!("free {free} bytes")), "{msg}");
+    assert!(msg.contains(&budget.to_string()), "the message names the budget: {msg}");
+    // The same plan without a budget fits an H100/H200 easily.
+    let plan = CudaBackend::plan(&model(), 4096, &CudaConfig::default()).unwrap();
+    assert_eq!(plan.total(), *needed);
+}
+
+#[test]
+fn out_of_memory_during_a_request_fails_it_and_the_backend_keeps_serving() {
+    if no_gpu() {
+        return;
+    }
+    let _g = serial();
+    let base = CudaConfig { max_logit_rows: 8, ..Default::default() };
+    let planned = CudaBackend::plan(&model(), 4096, &base).unwrap().total();
+    // Room for the planned buffers plus 1 MiB: per-position logits of a long prompt cannot fit.
+    let cfg = CudaConfig { max_vram_bytes: Some(planned + (1 << 20)), ..base };
+    let mut gpu = cuda(cfg);
+    let long: Vec<u32> = encode(&"The quick brown fox jumps over the lazy dog. ".repeat(20));
+    let table = table_for(long.len(), 0, gpu.kv_block_size());
+    let err = gpu
+        .forward(&[BatchItem { tokens: &long, start_pos: 0, block_table: &table, logits: LogitsWanted::All, trace: None }])
+        .unwrap_err();
+    eprintln!("request error: {err}");
+    assert!(matches!(err, BackendError::OutOfMemory(_)), "{err:?}");
+    // The next request runs normally.
+    let prompt = encode("The capital of France is");
+    let table = table_for(prompt.len(), 0, gpu.kv_block_size());
+    gpu.forward(&[BatchItem { tokens: &prompt, start_pos: 0, block_table: &table, logits: LogitsWanted::Last, trace: None }])
+        .expect("the backend keeps serving");
+    let greedy = SamplingParams::greedy();
+    let tok = gpu.sample(&[SampleRequest { row: 0, params: &greedy, history: &[], uniform: 0.5, logprobs: None }]).unwrap()[0].token;
+    assert_eq!(tokenizer().decode(&[tok], false).unwrap(), " Paris");
+}
+
+#[test]
+fn bad_inputs_are_rejected_before_touching_the_device() {
+    if no_gpu() {
+        return;
+    }
+    let _g = serial();
+    let mut gpu = cuda(CudaConfig { max_logit_rows: 4, ..Default::default() });
+    let v = model().config.vocab_size as u32;
+    let item = |tokens: &'static [u32], table: &'static [u32]| BatchItem {
+        tokens,
+        start_pos: 0,
+        block_table: table,
+        logits: LogitsWanted::Last,
+        trace: None,
+    };
+    let big: &'static [u32] = Box::leak(vec![v].into_boxed_slice());
+    assert!(matches!(gpu.forward(&[item(big, &[0])]), Err(BackendError::Invalid(_))), "token id = vocab size");
+    let outside: &'static [u32] = Box::leak(vec![gpu.kv_num_blocks() as u32].into_boxed_slice());
+    assert!(matches!(gpu.forward(&[item(&[1, 2], outside)]), Err(BackendError::Invalid(_))), "block outside the pool");
+    assert!(matches!(gpu.forward(&[item(&[1; 20], &[0])]), Err(BackendError::Invalid(_))), "table too short");
+    assert!(gpu.logits(0).is_err(), "no rows after a failed forward");
+}
