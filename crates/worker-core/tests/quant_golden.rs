@@ -299,6 +299,18 @@ fn dot_row_one_hot_picks_each_value() {
     }
 }
 
+/// Best of several timed runs of `f` (which does `units` units of work), in ns per unit:
+/// the minimum is the least disturbed by other processes on a shared machine.
+fn best_ns(units: usize, mut f: impl FnMut()) -> f64 {
+    (0..7)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            f();
+            start.elapsed().as_nanos() as f64 / units as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 #[test]
 #[ignore = "timing printout; run with --ignored --nocapture"]
 fn dot_row_timing() {
@@ -306,7 +318,7 @@ fn dot_row_timing() {
     for (ty, k, rows) in [
         (GgmlType::Q5_0, 896usize, 4864usize),
         (GgmlType::Q6K, 4864, 896),
-        (GgmlType::Q8_0, 896, 4096),
+        (GgmlType::Q8_0, 896, 4864),
         (GgmlType::Q4K, 4864, 896),
     ] {
         let row_bytes = ty.bytes_for(k as u64).unwrap() as usize;
@@ -315,36 +327,33 @@ fn dot_row_timing() {
             .map(|_| rand::Rng::random_range(&mut r, -1.0f32..1.0))
             .collect();
         let mut sink = 0.0f32;
-        let reps = 20;
-        let start = std::time::Instant::now();
-        for _ in 0..reps {
+        // A whole matrix (larger than L2), as in a decode step.
+        let ns = best_ns(rows, || {
             for row in w.chunks_exact(row_bytes) {
                 sink += dot_row(ty, row, &x);
             }
-        }
-        let ns = start.elapsed().as_nanos() as f64 / (reps * rows) as f64;
+        });
+        // A weight set small enough to stay in L2: the compute cost alone.
+        let hot = &w[..row_bytes * (128 * 1024 / row_bytes).max(1)];
+        let hot_rows = hot.len() / row_bytes;
+        let ns_hot = best_ns(hot_rows * 10, || {
+            for _ in 0..10 {
+                for row in hot.chunks_exact(row_bytes) {
+                    sink += dot_row(ty, row, &x);
+                }
+            }
+        });
         // Prefill: 32 activation vectors per weight row.
         let xs: Vec<f32> = (0..32 * k)
             .map(|_| rand::Rng::random_range(&mut r, -1.0f32..1.0))
             .collect();
         let mut out = vec![0.0f32; 32];
-        let start = std::time::Instant::now();
-        for row in w.chunks_exact(row_bytes) {
-            dot_rows_multi(ty, row, &xs, k, &mut out);
-            sink += out[0];
-        }
-        let ns_multi = start.elapsed().as_nanos() as f64 / (rows * 32) as f64;
-        // The same, with a weight set small enough to stay in L2: compute cost alone.
-        let hot = &w[..row_bytes * (128 * 1024 / row_bytes).max(1)];
-        let hot_rows = hot.len() / row_bytes;
-        let hot_reps = 200;
-        let start = std::time::Instant::now();
-        for _ in 0..hot_reps {
-            for row in hot.chunks_exact(row_bytes) {
-                sink += dot_row(ty, row, &x);
+        let ns_multi = best_ns(rows * 32, || {
+            for row in w.chunks_exact(row_bytes) {
+                dot_rows_multi(ty, row, &xs, k, &mut out);
+                sink += out[0];
             }
-        }
-        let ns_hot = start.elapsed().as_nanos() as f64 / (hot_reps * hot_rows) as f64;
+        });
         eprintln!(
             "{ty} row of {k} ({}): dot_row {ns:.1} ns/row ({:.2} GB/s of weights), in L2 {ns_hot:.1} ns/row; \
              dot_rows_multi x32 {ns_multi:.1} ns/row/vector  [{sink:.1}]",

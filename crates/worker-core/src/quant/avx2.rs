@@ -10,13 +10,38 @@ use super::float::f16_le;
 use super::legacy::QK;
 use std::arch::x86_64::*;
 
+// Vector loads and stores go through `transmute` of plain arrays rather than
+// `_mm256_loadu_ps`/`_mm256_storeu_ps`: those are implemented with `ptr::copy_nonoverlapping`,
+// whose overlap precondition check (on in debug-assertion builds, i.e. every test run) forced
+// each vector through the stack and made the dev-profile kernel 3-4x slower. The transmutes
+// compile to the same unaligned vector moves and are sound: the types have equal sizes and
+// every bit pattern is valid for both.
+
+/// 8 floats → a vector register.
+#[inline(always)]
+pub(crate) fn ld8(a: &[f32; 8]) -> __m256 {
+    // SAFETY: see above.
+    unsafe { std::mem::transmute::<[f32; 8], __m256>(*a) }
+}
+
+/// A vector register → 8 floats.
+#[inline(always)]
+pub(crate) fn st8(out: &mut [f32; 8], v: __m256) {
+    // SAFETY: see above.
+    *out = unsafe { std::mem::transmute::<__m256, [f32; 8]>(v) };
+}
+
+/// 16 bytes → a vector register.
+#[inline(always)]
+fn ld16b(a: &[u8; 16]) -> __m128i {
+    // SAFETY: see above.
+    unsafe { std::mem::transmute::<[u8; 16], __m128i>(*a) }
+}
+
 /// Writes 16 signed bytes × `d` (+ `m`) as f32 to `out[0..16]`.
 #[inline(always)]
 unsafe fn store16(q: __m128i, d: __m256, m: Option<__m256>, out: &mut [f32; 16]) {
-    // SAFETY: AVX2 per the module contract; the stores write out[0..8] and out[8..16].
-    // (Slices rather than `ptr.add`: pointer arithmetic carries run-time precondition checks
-    // in debug builds that made the dev-profile kernel 3x slower; these bounds checks are
-    // on constant ranges of fixed-size arrays and compile away.)
+    // SAFETY: AVX2 per the module contract.
     unsafe {
         let a = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
         let b = _mm256_mul_ps(
@@ -27,8 +52,9 @@ unsafe fn store16(q: __m128i, d: __m256, m: Option<__m256>, out: &mut [f32; 16])
             Some(m) => (_mm256_add_ps(a, m), _mm256_add_ps(b, m)),
             None => (a, b),
         };
-        _mm256_storeu_ps(out[..8].as_mut_ptr(), a);
-        _mm256_storeu_ps(out[8..].as_mut_ptr(), b);
+        let (halves, _) = out.as_chunks_mut::<8>();
+        st8(&mut halves[0], a);
+        st8(&mut halves[1], b);
     }
 }
 
@@ -38,7 +64,7 @@ unsafe fn store16(q: __m128i, d: __m256, m: Option<__m256>, out: &mut [f32; 16])
 unsafe fn nibbles(qs: &[u8; 16]) -> (__m128i, __m128i) {
     // SAFETY: SSE2/AVX2 per the module contract; reads the 16 bytes of `qs`.
     unsafe {
-        let raw = _mm_loadu_si128(qs.as_ptr().cast());
+        let raw = ld16b(qs);
         let low4 = _mm_set1_epi8(0x0f);
         (
             _mm_and_si128(raw, low4),
@@ -159,17 +185,163 @@ pub(crate) unsafe fn decode_q8_0(b: &[u8; 34], out: &mut [f32; QK]) {
     // SAFETY: AVX2 per the module contract; qs is b[2..34].
     unsafe {
         let d = _mm256_set1_ps(f16_at(b, 0));
-        store16(
-            _mm_loadu_si128(sub16(b, 2).as_ptr().cast()),
-            d,
-            None,
-            half(out, 0),
-        );
-        store16(
-            _mm_loadu_si128(sub16(b, 18).as_ptr().cast()),
-            d,
-            None,
-            half(out, 1),
-        );
+        store16(ld16b(sub16(b, 2)), d, None, half(out, 0));
+        store16(ld16b(sub16(b, 18)), d, None, half(out, 1));
+    }
+}
+
+// ---- K-quants -------------------------------------------------------------------------------
+
+use super::kquants::{QK_K, scale_min_k4};
+
+/// 32 bytes → a vector register.
+#[inline(always)]
+fn ld32b(a: &[u8; 32]) -> __m256i {
+    // SAFETY: as for `ld8`.
+    unsafe { std::mem::transmute::<[u8; 32], __m256i>(*a) }
+}
+
+/// `b[at..at + 32]` as an array (constant offsets: the checks compile away).
+#[inline(always)]
+fn sub32<const B: usize>(b: &[u8; B], at: usize) -> &[u8; 32] {
+    &b[at..at + 32].as_chunks::<32>().0[0]
+}
+
+/// Writes 8 signed bytes (the low 8 of `q`) as `q · scale` (− `min`) to `out`, the same f32
+/// operations as the scalar decoders: an integer converted exactly, one rounding for the
+/// product and one for the subtraction.
+#[inline(always)]
+unsafe fn store8(q: __m128i, scale: __m256, min: Option<__m256>, out: &mut [f32; 8]) {
+    // SAFETY: AVX2 per the module contract.
+    unsafe {
+        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), scale);
+        st8(out, min.map_or(v, |m| _mm256_sub_ps(v, m)));
+    }
+}
+
+/// Writes 32 signed bytes: elements 0..16 with `s0`, 16..32 with `s1` (and `min`).
+#[inline(always)]
+unsafe fn store32(q: __m256i, s0: __m256, s1: __m256, min: Option<__m256>, out: &mut [f32]) {
+    // SAFETY: AVX2 per the module contract.
+    unsafe {
+        let (o, _) = out.as_chunks_mut::<8>();
+        let lo = _mm256_castsi256_si128(q);
+        let hi = _mm256_extracti128_si256::<1>(q);
+        store8(lo, s0, min, &mut o[0]);
+        store8(_mm_srli_si128::<8>(lo), s0, min, &mut o[1]);
+        store8(hi, s1, min, &mut o[2]);
+        store8(_mm_srli_si128::<8>(hi), s1, min, &mut o[3]);
+    }
+}
+
+/// Q4_K: y = (d·sc)·q − dmin·m per sub-block of 32.
+#[inline(always)]
+pub(crate) unsafe fn decode_q4_k(b: &[u8; 144], out: &mut [f32; QK_K]) {
+    let d = f16_at(b, 0);
+    let dmin = f16_at(b, 2);
+    let s: [u8; 12] = std::array::from_fn(|i| b[4 + i]);
+    // SAFETY: AVX2 per the module contract.
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0f);
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, &s);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &s);
+            let q = ld32b(sub32(b, 16 + 32 * c));
+            let lo = _mm256_and_si256(q, low4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4);
+            let (d1, d2) = (
+                _mm256_set1_ps(d * f32::from(sc1)),
+                _mm256_set1_ps(d * f32::from(sc2)),
+            );
+            let min1 = Some(_mm256_set1_ps(dmin * f32::from(m1)));
+            let min2 = Some(_mm256_set1_ps(dmin * f32::from(m2)));
+            store32(lo, d1, d1, min1, &mut out[64 * c..64 * c + 32]);
+            store32(hi, d2, d2, min2, &mut out[64 * c + 32..64 * c + 64]);
+        }
+    }
+}
+
+/// Q5_K: as Q4_K with a fifth bit per value from qh (bit 2c for sub-block 2c, 2c+1 for 2c+1).
+#[inline(always)]
+pub(crate) unsafe fn decode_q5_k(b: &[u8; 176], out: &mut [f32; QK_K]) {
+    let d = f16_at(b, 0);
+    let dmin = f16_at(b, 2);
+    let s: [u8; 12] = std::array::from_fn(|i| b[4 + i]);
+    // SAFETY: AVX2 per the module contract.
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0f);
+        let bit4 = _mm256_set1_epi8(0x10);
+        let qh = ld32b(sub32(b, 16));
+        // Bytes 0x10 where bit `bit` of qh is set.
+        let fifth = |bit: usize| {
+            let m = _mm256_set1_epi8(1 << bit);
+            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m), bit4)
+        };
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, &s);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &s);
+            let q = ld32b(sub32(b, 48 + 32 * c));
+            let lo = _mm256_or_si256(_mm256_and_si256(q, low4), fifth(2 * c));
+            let hi = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
+                fifth(2 * c + 1),
+            );
+            let (d1, d2) = (
+                _mm256_set1_ps(d * f32::from(sc1)),
+                _mm256_set1_ps(d * f32::from(sc2)),
+            );
+            let min1 = Some(_mm256_set1_ps(dmin * f32::from(m1)));
+            let min2 = Some(_mm256_set1_ps(dmin * f32::from(m2)));
+            store32(lo, d1, d1, min1, &mut out[64 * c..64 * c + 32]);
+            store32(hi, d2, d2, min2, &mut out[64 * c + 32..64 * c + 64]);
+        }
+    }
+}
+
+/// Q6_K: y = (d·scale)·(q − 32), q = 4 low bits from ql | 2 high bits from qh.
+#[inline(always)]
+pub(crate) unsafe fn decode_q6_k(b: &[u8; 210], out: &mut [f32; QK_K]) {
+    let d = f16_at(b, 208);
+    // SAFETY: AVX2 per the module contract.
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0f);
+        let m2 = _mm256_set1_epi8(0x03);
+        let m30 = _mm256_set1_epi8(0x30);
+        let m0c = _mm256_set1_epi8(0x0c);
+        let off = _mm256_set1_epi8(32);
+        for h in 0..2 {
+            let la = ld32b(sub32(b, 64 * h));
+            let lb = ld32b(sub32(b, 64 * h + 32));
+            let hv = ld32b(sub32(b, 128 + 32 * h));
+            // Shifts are 16-bit but every value is masked to bits that stay inside its byte.
+            let q1 = _mm256_or_si256(
+                _mm256_and_si256(la, low4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(hv, m2)),
+            );
+            let q2 = _mm256_or_si256(
+                _mm256_and_si256(lb, low4),
+                _mm256_slli_epi16::<2>(_mm256_and_si256(hv, m0c)),
+            );
+            let q3 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(la), low4),
+                _mm256_and_si256(hv, m30),
+            );
+            let q4 = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(lb), low4),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(hv), m30),
+            );
+            let sc = |i: usize| _mm256_set1_ps(d * f32::from(b[192 + 8 * h + i] as i8));
+            let y = &mut out[128 * h..128 * h + 128];
+            for (k, q) in [q1, q2, q3, q4].into_iter().enumerate() {
+                let q = _mm256_sub_epi8(q, off);
+                store32(
+                    q,
+                    sc(2 * k),
+                    sc(2 * k + 1),
+                    None,
+                    &mut y[32 * k..32 * k + 32],
+                );
+            }
+        }
     }
 }

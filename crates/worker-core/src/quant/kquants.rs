@@ -16,7 +16,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Scale and min of sub-block `j` (0..8) from Q4_K/Q5_K's 12 packed 6-bit scale bytes
 /// (ggml's `get_scale_min_k4`).
 #[inline(always)]
-fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
