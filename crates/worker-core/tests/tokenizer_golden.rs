@@ -256,3 +256,218 @@ fn smollm2_matches_llamacpp_and_hf_token_ids() {
     check_tokenizer_goldens(&tok, golden_dir().join("smollm2"));
     check_greedy_prompts(&tok, golden_dir().join("smollm2"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A tiny synthetic vocabulary, so the partitioning, byte mapping, streaming and error paths are
+// also tested where no model file is present.
+
+/// GPT-2's byte-to-character map (the printable bytes stand for themselves).
+fn byte_char(b: u8) -> char {
+    let mut next = 256u32;
+    for x in 0..=255u8 {
+        let printable = matches!(x, 33..=126 | 161..=172 | 174..=255);
+        if x == b {
+            return if printable {
+                char::from(x)
+            } else {
+                char::from_u32(next).unwrap()
+            };
+        }
+        if !printable {
+            next += 1;
+        }
+    }
+    unreachable!()
+}
+
+enum Meta<'a> {
+    Str(&'a str),
+    U32(u32),
+    Bool(bool),
+    Strs(Vec<String>),
+    I32s(Vec<i32>),
+}
+
+fn gguf_bytes(kvs: &[(&str, Meta)]) -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, v: &str) {
+        out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+    for (k, v) in kvs {
+        s(&mut b, k);
+        match v {
+            Meta::Str(v) => {
+                b.extend_from_slice(&8u32.to_le_bytes());
+                s(&mut b, v);
+            }
+            Meta::U32(v) => {
+                b.extend_from_slice(&4u32.to_le_bytes());
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            Meta::Bool(v) => {
+                b.extend_from_slice(&7u32.to_le_bytes());
+                b.push(u8::from(*v));
+            }
+            Meta::Strs(vs) => {
+                b.extend_from_slice(&9u32.to_le_bytes());
+                b.extend_from_slice(&8u32.to_le_bytes());
+                b.extend_from_slice(&(vs.len() as u64).to_le_bytes());
+                for v in vs {
+                    s(&mut b, v);
+                }
+            }
+            Meta::I32s(vs) => {
+                b.extend_from_slice(&9u32.to_le_bytes());
+                b.extend_from_slice(&5u32.to_le_bytes());
+                b.extend_from_slice(&(vs.len() as u64).to_le_bytes());
+                for v in vs {
+                    b.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
+    b
+}
+
+/// Ids 0..256: one token per byte; then "he", "ll", "hell", "hello", "Ġhello";
+/// then <|im_start|> (control), <|im_end|> (normal in the file, made control as an EOG text),
+/// <tool> (user-defined).
+fn synthetic(model: &str, pre: &str, add_bos: Option<bool>) -> Result<Tokenizer, TokenizerError> {
+    let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
+    tokens.extend(
+        [
+            "he",
+            "ll",
+            "hell",
+            "hello",
+            "Ġhello",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<tool>",
+        ]
+        .map(String::from),
+    );
+    let mut types = vec![1i32; tokens.len()];
+    let n = types.len();
+    types[n - 3] = 3;
+    types[n - 1] = 4;
+    let merges = ["h e", "l l", "he ll", "hell o", "Ġ hello", "x nothing"]
+        .map(String::from)
+        .to_vec();
+    let mut kvs = vec![
+        ("tokenizer.ggml.model", Meta::Str(model)),
+        ("tokenizer.ggml.pre", Meta::Str(pre)),
+        ("tokenizer.ggml.tokens", Meta::Strs(tokens)),
+        ("tokenizer.ggml.token_type", Meta::I32s(types)),
+        ("tokenizer.ggml.merges", Meta::Strs(merges)),
+        ("tokenizer.ggml.bos_token_id", Meta::U32(261)),
+        ("tokenizer.ggml.eos_token_id", Meta::U32(262)),
+    ];
+    if let Some(v) = add_bos {
+        kvs.push(("tokenizer.ggml.add_bos_token", Meta::Bool(v)));
+    }
+    let gguf = GgufFile::from_bytes(gguf_bytes(&kvs)).expect("valid synthetic gguf");
+    Tokenizer::from_gguf(&gguf)
+}
+
+const HELLO: u32 = 259;
+const SP_HELLO: u32 = 260;
+const IM_START: u32 = 261;
+const IM_END: u32 = 262;
+const TOOL: u32 = 263;
+
+fn byte_ids(text: &str) -> Vec<u32> {
+    text.bytes().map(u32::from).collect()
+}
+
+#[test]
+fn synthetic_vocab_merges_and_partitions_like_llamacpp() {
+    let tok = synthetic("gpt2", "qwen2", None).unwrap();
+    assert_eq!(tok.vocab_size(), 264);
+    assert_eq!(tok.encode("hello", false).unwrap(), vec![HELLO]);
+    assert_eq!(
+        tok.encode("hello hello", false).unwrap(),
+        vec![HELLO, SP_HELLO]
+    );
+    // Control tokens are parsed only with parse_special; otherwise they are plain bytes.
+    assert_eq!(
+        tok.encode("<|im_start|>hello<|im_end|>", true).unwrap(),
+        vec![IM_START, HELLO, IM_END]
+    );
+    let plain = tok.encode("<|im_start|>hello", false).unwrap();
+    assert!(!plain.contains(&IM_START));
+    assert_eq!(tok.decode(&plain, false).unwrap(), "<|im_start|>hello");
+    // User-defined tokens are matched either way.
+    assert_eq!(tok.encode("<tool>hello", false).unwrap(), vec![TOOL, HELLO]);
+    assert_eq!(tok.encode("<tool>hello", true).unwrap(), vec![TOOL, HELLO]);
+    // Unmerged text falls back to one token per byte, including multi-byte characters.
+    assert_eq!(tok.encode("é\n", false).unwrap(), byte_ids("é\n"));
+    assert_eq!(tok.decode(&byte_ids("é\n"), false).unwrap(), "é\n");
+    // <|im_end|> is an end-of-generation text, so it became a control token.
+    assert_eq!(tok.eog_ids(), &[IM_END]);
+    assert!(tok.is_special(IM_END) && tok.is_special(IM_START) && tok.is_special(TOOL));
+    assert_eq!(
+        tok.decode(&[IM_START, HELLO, TOOL, IM_END], true).unwrap(),
+        "hello<tool>"
+    );
+    assert!(!tok.add_bos());
+}
+
+#[test]
+fn synthetic_stream_holds_partial_characters() {
+    let tok = synthetic("gpt2", "qwen2", None).unwrap();
+    let mut s = tok.stream_decoder(true);
+    let bytes = byte_ids("😀"); // four byte tokens
+    for &b in &bytes[..3] {
+        assert_eq!(s.push(b).unwrap(), "");
+    }
+    assert_eq!(s.pending_bytes(), 3);
+    assert_eq!(s.push(bytes[3]).unwrap(), "😀");
+    assert_eq!(s.push(HELLO).unwrap(), "hello");
+    assert_eq!(s.push(IM_END).unwrap(), "");
+    // A character cut off at the end is flushed lossily by finish().
+    assert_eq!(s.push(0xE6).unwrap(), "");
+    assert_eq!(s.finish(), "\u{FFFD}");
+    // A byte that can never start a character is replaced at once, not held.
+    assert_eq!(s.push(0x80).unwrap(), "\u{FFFD}");
+    assert_eq!(s.push(0xE6).unwrap(), "");
+    assert_eq!(s.push(u32::from(b'a')).unwrap(), "\u{FFFD}a");
+    assert!(s.push(264).is_err());
+}
+
+#[test]
+fn synthetic_bos_and_unsupported_vocabularies() {
+    let tok = synthetic("gpt2", "llama-bpe", None).unwrap();
+    assert!(
+        tok.add_bos(),
+        "llama3 vocabularies add BOS unless the file says otherwise"
+    );
+    assert_eq!(tok.encode("hello", false).unwrap(), vec![IM_START, HELLO]);
+    let tok = synthetic("gpt2", "smollm", Some(false)).unwrap();
+    assert!(!tok.add_bos());
+    assert_eq!(
+        tok.encode("hello 42", false).unwrap(),
+        [vec![HELLO], byte_ids(" 42")].concat()
+    );
+    let tok = synthetic("gpt2", "qwen2", Some(true)).unwrap();
+    assert_eq!(
+        tok.encode("<|im_start|>hello", true).unwrap(),
+        vec![IM_START, HELLO],
+        "no double BOS"
+    );
+
+    let err = synthetic("llama", "qwen2", None).unwrap_err();
+    assert!(
+        matches!(err, TokenizerError::UnsupportedModel(ref m) if m == "llama"),
+        "{err}"
+    );
+    let err = synthetic("gpt2", "klingon", None).unwrap_err();
+    assert!(
+        err.to_string().contains("\"klingon\"") && err.to_string().contains("qwen2"),
+        "{err}"
+    );
+}

@@ -158,7 +158,7 @@ impl std::fmt::Debug for Tokenizer {
 fn opt_token_id(gguf: &GgufFile, key: &str, n_vocab: usize) -> Result<Option<u32>, TokenizerError> {
     match gguf.opt(key, GgufFile::get_u64)? {
         None => Ok(None),
-        Some(id) if (id as usize) < n_vocab => Ok(Some(id as u32)),
+        Some(id) if usize::try_from(id).is_ok_and(|i| i < n_vocab) => Ok(Some(id as u32)),
         Some(id) => Err(TokenizerError::BadVocab(format!(
             "{key} = {id} is outside the vocabulary of {n_vocab} tokens"
         ))),
