@@ -13,7 +13,8 @@ fn rng(seed: u64) -> rand_chacha::ChaCha8Rng {
     rand_chacha::ChaCha8Rng::seed_from_u64(seed)
 }
 
-/// A small valid file: a few metadata values of different types and three tensors.
+/// A small valid file: a few metadata values of different types, one nested array (so
+/// mutations reach every branch of the value parser) and three tensors.
 fn small_writer() -> GgufWriter {
     let mut r = rng(7);
     let mut w = GgufWriter::new();
@@ -23,6 +24,14 @@ fn small_writer() -> GgufWriter {
         .add_metadata(
             "tokenizer.ggml.tokens",
             Value::Array(vec![Value::String("a".into()), Value::String("bc".into())]),
+        )
+        .add_metadata("x.flag", Value::Bool(true))
+        .add_metadata("x.i64", Value::I64(-3))
+        .add_metadata("x.f64", Value::F64(0.5))
+        .add_metadata("x.u16", Value::U16(7))
+        .add_metadata(
+            "x.nested",
+            Value::Array(vec![Value::Array(vec![Value::U8(1), Value::U8(2)])]),
         );
     w.add_tensor(
         "norm",
