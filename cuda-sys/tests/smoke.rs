@@ -363,7 +363,7 @@ fn rmsnorm_and_fused_quantize_match_reference() {
         let sum: i32 = blk[4..].iter().map(|&q| (q as i8) as i32).sum();
         let s = f16_at(blk, 2);
         assert!(
-            (s - f16_at(blk, 0) * sum as f32).abs() <= 1e-3 * s.abs().max(1e-3),
+            (s - f16_at(blk, 0) * sum as f32).abs() <= 2e-3 * s.abs().max(1e-3),
             "q8_1 s field"
         );
     }
@@ -742,10 +742,10 @@ fn rope_kv_cache_and_attention_match_reference() {
         }
         let got_q: Vec<f32> = dq.download(tt * hq * hd);
         let e = norm_err(&got_q, &q_rot[start * hq * hd..end * hq * hd]);
-        assert!(e < 1e-5, "rope q error {e}");
+        assert!(e < 1e-4, "rope q error {e}");
         let got_k: Vec<f32> = dk.download(tt * hkv * hd);
         let e = norm_err(&got_k, &k_rot[start * hkv * hd..end * hkv * hd]);
-        assert!(e < 1e-5, "rope k error {e}");
+        assert!(e < 1e-4, "rope k error {e}");
         q_dev_rot.extend(got_q);
         let out: Vec<f32> = dout.download(tt * hq * hd);
         for t in [0, tt / 2, tt - 1] {

@@ -2,7 +2,7 @@
 //  - decode: one query per sequence, flash-decoding. Keys are cut into chunks of WK_ATTN_SPLIT; one
 //    block per (KV head, chunk, sequence) reads each key/value once for all Hq/Hkv query heads that
 //    share it and writes an unnormalized partial result (acc, max, sum); a second kernel merges the
-//    chunks of each (sequence, query head).
+//    chunks of each (sequence, query head). Long contexts thus spread over many blocks.
 //  - prefill: one block per (query head, token) with an online softmax over its keys.
 // All softmax math is f32 with the running max subtracted before exp.
 #include "common.cuh"
@@ -31,10 +31,13 @@ __device__ __forceinline__ size_t cache_slot(const int32_t *table, int p, int bl
     return (size_t)table[p / block_size] * block_size + p % block_size;
 }
 
-// grid (Hkv, max_splits, S), block ATT_THREADS.
+// grid (Hkv, max_splits, S), block ATT_THREADS (= ATT_SPLIT).
 // q f32 [S, Hq, HD]; caches f16 [blocks, block_size, Hkv, HD]; block_table int32 [S, mbps];
 // seq_lens int32 [S]. Outputs for (seq, query head h, split): part_acc f32 [S, Hq, max_splits, HD]
 // = sum_j exp(s_j - m) v_j, part_ml f32 [S, Hq, max_splits, 2] = (m, sum_j exp(s_j - m)).
+// Work split: scores with one thread per key (its K row read once as 16-byte vectors, the G query
+// vectors broadcast from shared memory: no cross-lane reductions); P.V with one thread per head
+// dimension holding all G accumulators, over 1/GROUPS of the keys.
 template <int HD>
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_decode_split_kernel(const float *__restrict__ q, const __half *__restrict__ k_cache,
@@ -43,11 +46,19 @@ __global__ void __launch_bounds__(ATT_THREADS)
                              const int32_t *__restrict__ seq_lens, float *__restrict__ part_acc,
                              float *__restrict__ part_ml, int Hq, int Hkv, int block_size,
                              int max_splits, float scale) {
-    constexpr int PER_LANE = HD / 32;
+    static_assert(ATT_SPLIT == ATT_THREADS, "one key per thread in the score phase");
+    static_assert(HD % 8 == 0, "K rows are read 8 halves at a time");
+    // HD <= ATT_THREADS: GROUPS thread groups each own every dimension for a share of the keys.
+    // HD > ATT_THREADS: one group; each thread owns DPT dimensions.
+    constexpr int GROUPS = HD <= ATT_THREADS ? ATT_THREADS / HD : 1;
+    constexpr int DPT = HD <= ATT_THREADS ? 1 : HD / ATT_THREADS;
+    constexpr int DSTRIDE = HD <= ATT_THREADS ? HD : ATT_THREADS;
     __shared__ float q_s[ATT_MAX_GROUP][HD];
     __shared__ float p_s[ATT_MAX_GROUP][ATT_SPLIT];
     __shared__ size_t slot_s[ATT_SPLIT];
     __shared__ float m_s[ATT_MAX_GROUP], l_s[ATT_MAX_GROUP];
+    // P.V partial sums of groups 1.. (group 0 adds them up); a dummy 1-element array otherwise.
+    __shared__ float red_s[GROUPS > 1 ? GROUPS - 1 : 1][ATT_MAX_GROUP][GROUPS > 1 ? HD : 1];
 
     const int kvh = blockIdx.x, split = blockIdx.y, seq = blockIdx.z;
     const int G = Hq / Hkv;
@@ -61,24 +72,41 @@ __global__ void __launch_bounds__(ATT_THREADS)
         const int g = i / HD, d = i % HD;
         q_s[g][d] = q[((size_t)seq * Hq + kvh * G + g) * HD + d] * scale;
     }
-    for (int j = tid; j < n; j += ATT_THREADS) slot_s[j] = cache_slot(table, start + j, block_size);
+    if (tid < n) slot_s[tid] = cache_slot(table, start + tid, block_size);
     __syncthreads();
 
-    // Scores: one warp per key; the lanes split the head dimension.
-    for (int j = warp; j < n; j += ATT_WARPS) {
-        float kf[PER_LANE];
-        load_row_part<HD>(k_cache + (slot_s[j] * Hkv + kvh) * HD, lane, kf);
-        for (int g = 0; g < G; ++g) {
-            float s = 0.0f;
+    // Scores of key `tid` against the G query heads.
+    if (tid < n) {
+        const uint4 *kp = (const uint4 *)(k_cache + (slot_s[tid] * Hkv + kvh) * HD);
+        float s[ATT_MAX_GROUP];
 #pragma unroll
-            for (int e = 0; e < PER_LANE; ++e) s = fmaf(q_s[g][lane * PER_LANE + e], kf[e], s);
-            s = wk::warp_sum(s);
-            if (lane == 0) p_s[g][j] = s;
+        for (int g = 0; g < ATT_MAX_GROUP; ++g) s[g] = 0.0f;
+#pragma unroll 2
+        for (int c = 0; c < HD / 8; ++c) {
+            const uint4 raw = kp[c];
+            const __half2 *h2 = (const __half2 *)&raw;
+            float kf[8];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float2 f = __half22float2(h2[e]);
+                kf[2 * e] = f.x;
+                kf[2 * e + 1] = f.y;
+            }
+#pragma unroll
+            for (int g = 0; g < ATT_MAX_GROUP; ++g) {
+                if (g < G) {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) s[g] = fmaf(q_s[g][c * 8 + e], kf[e], s[g]);
+                }
+            }
         }
+#pragma unroll
+        for (int g = 0; g < ATT_MAX_GROUP; ++g)
+            if (g < G) p_s[g][tid] = s[g];
     }
     __syncthreads();
 
-    // Softmax statistics of this chunk, one warp per query head.
+    // Softmax statistics of this chunk, one warp per query head; p_s becomes exp(s - m).
     for (int g = warp; g < G; g += ATT_WARPS) {
         float m = -INFINITY;
         for (int j = lane; j < n; j += 32) m = fmaxf(m, p_s[g][j]);
@@ -97,14 +125,49 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
     __syncthreads();
 
-    // Weighted sum of values: consecutive threads take consecutive dimensions (coalesced reads).
-    for (int i = tid; i < G * HD; i += ATT_THREADS) {
-        const int g = i / HD, d = i % HD;
-        float acc = 0.0f;
-        for (int j = 0; j < n; ++j)
-            acc = fmaf(p_s[g][j], __half2float(v_cache[(slot_s[j] * Hkv + kvh) * HD + d]), acc);
-        const size_t part = ((size_t)seq * Hq + kvh * G + g) * max_splits + split;
-        part_acc[part * HD + d] = acc;
+    // P.V: consecutive threads take consecutive dimensions (coalesced V reads); the p_s reads
+    // are broadcasts.
+    const int d0 = tid % DSTRIDE;
+    const int grp = tid / DSTRIDE;
+    float acc[DPT][ATT_MAX_GROUP];
+#pragma unroll
+    for (int r = 0; r < DPT; ++r)
+#pragma unroll
+        for (int g = 0; g < ATT_MAX_GROUP; ++g) acc[r][g] = 0.0f;
+    for (int j = grp; j < n; j += GROUPS) {
+        const __half *vrow = v_cache + (slot_s[j] * Hkv + kvh) * HD;
+#pragma unroll
+        for (int r = 0; r < DPT; ++r) {
+            const float v = __half2float(vrow[d0 + r * DSTRIDE]);
+#pragma unroll
+            for (int g = 0; g < ATT_MAX_GROUP; ++g)
+                if (g < G) acc[r][g] = fmaf(p_s[g][j], v, acc[r][g]);
+        }
+    }
+    if constexpr (GROUPS > 1) {
+        if (grp > 0) {
+#pragma unroll
+            for (int g = 0; g < ATT_MAX_GROUP; ++g)
+                if (g < G) red_s[grp - 1][g][d0] = acc[0][g];
+        }
+        __syncthreads();
+        if (grp == 0) {
+            for (int o = 1; o < GROUPS; ++o) {
+#pragma unroll
+                for (int g = 0; g < ATT_MAX_GROUP; ++g)
+                    if (g < G) acc[0][g] += red_s[o - 1][g][d0];
+            }
+        }
+    }
+    if (grp == 0) {
+#pragma unroll
+        for (int g = 0; g < ATT_MAX_GROUP; ++g) {
+            if (g < G) {
+                const size_t part = ((size_t)seq * Hq + kvh * G + g) * max_splits + split;
+#pragma unroll
+                for (int r = 0; r < DPT; ++r) part_acc[part * HD + d0 + r * DSTRIDE] = acc[r][g];
+            }
+        }
     }
     if (tid < G) {
         const size_t part = ((size_t)seq * Hq + kvh * G + tid) * max_splits + split;
