@@ -110,7 +110,7 @@ fn prefill(
     for c in tokens.chunks(chunk.max(1)) {
         let last = pos + c.len() == start + tokens.len();
         let logits = if last { LogitsWanted::Last } else { LogitsWanted::None };
-        backend.forward(&[BatchItem { tokens: c, start_pos: pos, block_table: table, logits, trace: None }])?;
+        backend.forward(&[BatchItem { tokens: c, start_pos: pos, block_table: table, logits, trace: None, cancel: None }])?;
         pos += c.len();
     }
     greedy(backend, tokens)
@@ -126,7 +126,7 @@ fn greedy(backend: &mut dyn Backend, history: &[u32]) -> Result<u32, BackendErro
 fn decode(backend: &mut dyn Backend, n: usize, mut pos: usize, mut token: u32, table: &[u32]) -> Result<(), BackendError> {
     for _ in 0..n {
         let t = [token];
-        backend.forward(&[BatchItem { tokens: &t, start_pos: pos, block_table: table, logits: LogitsWanted::Last, trace: None }])?;
+        backend.forward(&[BatchItem { tokens: &t, start_pos: pos, block_table: table, logits: LogitsWanted::Last, trace: None, cancel: None }])?;
         token = greedy(backend, &t)?;
         pos += 1;
     }

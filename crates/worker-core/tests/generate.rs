@@ -22,7 +22,7 @@ fn engine() -> &'static EngineHandle {
         let model = common::default_model();
         let tokenizer = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
         let backend = CpuBackend::new(model, 4096);
-        let cfg = EngineConfig { max_batch: 4, ctx_size: 1024, ..Default::default() };
+        let cfg = EngineConfig { max_batch: 4, ctx_size: 1024, prefill_chunk: 64, ..Default::default() };
         EngineHandle::spawn(Box::new(backend), tokenizer, cfg)
     })
 }
@@ -164,4 +164,30 @@ fn invalid_requests_are_refused() {
     assert!(engine().submit(GenerateRequest::greedy(vec![999_999], 4)).is_err());
     assert!(engine().submit(GenerateRequest::greedy(vec![1; 2000], 4)).is_err(), "longer than ctx_size");
     assert!(engine().submit(GenerateRequest::greedy(vec![1], 0)).is_err());
+}
+
+#[test]
+fn cancel_mid_prompt_is_prompt() {
+    let text = "The GPU worker loads one model into device memory at start-up. ".repeat(30);
+    // Its own engine with one slot (the M0 mode), so no other test's work shares the step.
+    let model = common::default_model();
+    let tokenizer = engine().tokenizer().clone();
+    let cfg = EngineConfig { max_batch: 1, ctx_size: 1024, prefill_chunk: 64, ..Default::default() };
+    let solo = EngineHandle::spawn(Box::new(CpuBackend::new(model, 1024)), tokenizer, cfg);
+    let sub = solo.submit(GenerateRequest::greedy(prompt(&text), 4)).unwrap();
+    let mut events = sub.events;
+    assert!(matches!(events.blocking_recv(), Some(Event::Started { .. })));
+    std::thread::sleep(std::time::Duration::from_millis(300)); // well inside the prompt's ~10 s
+    let flag = sub.cancel;
+    let t0 = std::time::Instant::now();
+    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut last = None;
+    while let Some(e) = events.blocking_recv() {
+        last = Some(e);
+    }
+    let ms = t0.elapsed().as_millis();
+    eprintln!("cancel during prefill took {ms} ms");
+    assert!(matches!(last, Some(Event::Finished { reason: StopReason::Cancelled, .. })), "{last:?}");
+    assert!(ms < 500, "cancel took {ms} ms");
+    solo.shutdown(true);
 }

@@ -26,6 +26,7 @@ pub fn check_teacher_forced(backend: &mut dyn Backend, label: &str) {
                 block_table: &table,
                 logits: LogitsWanted::All,
                 trace: None,
+                cancel: None,
             }])
             .expect("forward");
         for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {

@@ -85,7 +85,18 @@ impl CpuBackend {
         let mut o = vec![0.0f32; t * d];
         let mut g = vec![0.0f32; t * c.d_ff];
         let mut u = vec![0.0f32; t * c.d_ff];
+        let n_logit_rows = match item.logits {
+            LogitsWanted::None => 0,
+            LogitsWanted::Last => 1,
+            LogitsWanted::All => t,
+        };
         for (li, l) in w.layers.iter().enumerate() {
+            if item.is_cancelled() {
+                // Keep row numbering intact for the other items; these rows are never sampled.
+                let len = self.logits.len();
+                self.logits.resize(len + n_logit_rows * c.vocab_size, 0.0);
+                return Ok(());
+            }
             ops::rmsnorm(&x, &l.attn_norm, c.rms_eps, &mut h);
             matmul(&l.wq, &h, t, &mut q);
             matmul(&l.wk, &h, t, &mut k);
@@ -120,7 +131,7 @@ impl CpuBackend {
             LogitsWanted::Last => &x[(t - 1) * d..],
             LogitsWanted::All => &x,
         };
-        let n_rows = rows.len() / d;
+        let n_rows = n_logit_rows;
         let mut normed = vec![0.0f32; rows.len()];
         ops::rmsnorm(rows, &w.output_norm, c.rms_eps, &mut normed);
         self.tracer.record(trace, Stage::FinalNorm, item, &normed, d);

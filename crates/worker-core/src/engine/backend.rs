@@ -6,6 +6,7 @@
 //! only sampled ids (and requested log-probabilities) come back.
 
 use super::request::TokenLogprob;
+use std::sync::atomic::{AtomicBool, Ordering};
 use crate::sampling::SamplingParams;
 
 /// Which positions of a chunk need logits.
@@ -38,6 +39,15 @@ pub struct BatchItem<'a> {
     pub block_table: &'a [u32],
     pub logits: LogitsWanted,
     pub trace: Option<TraceInfo>,
+    /// Set when the request is cancelled. Slow backends check it between layers and stop
+    /// work on this item early (its logits rows are then left as zeros, never sampled).
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+impl BatchItem<'_> {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 /// One logits row to sample from, addressed by its index among the rows the last `forward`

@@ -18,7 +18,7 @@ pub use stop::{StopMatcher, StopOutcome};
 use crate::sampling::{RequestRng, random_seed};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use sequence::Sequence;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -78,7 +78,8 @@ enum Command {
 pub struct Submission {
     pub id: SeqId,
     pub events: UnboundedReceiver<Event>,
-    cancel: Arc<AtomicBool>,
+    /// Setting it cancels the request (checked between layers of the current step).
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl Submission {
@@ -95,6 +96,8 @@ impl Submission {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: Sender<Command>,
+    /// Cancel flags of live requests, so `cancel(id)` takes effect mid-step.
+    live: Arc<Mutex<HashMap<SeqId, Arc<AtomicBool>>>>,
     next_id: Arc<AtomicU64>,
     pub stats: Arc<EngineStats>,
     tokenizer: Arc<Tokenizer>,
@@ -113,13 +116,15 @@ impl EngineHandle {
     pub fn spawn(backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(EngineStats::default());
-        let mut engine = Engine::new(backend, tokenizer.clone(), config.clone(), stats.clone(), rx);
+        let live = Arc::new(Mutex::new(HashMap::new()));
+        let mut engine = Engine::new(backend, tokenizer.clone(), config.clone(), stats.clone(), rx, live.clone());
         let thread = std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || engine.run())
             .expect("spawning the engine thread");
         EngineHandle {
             tx,
+            live,
             next_id: Arc::new(AtomicU64::new(1)),
             stats,
             tokenizer,
@@ -165,15 +170,21 @@ impl EngineHandle {
             first_token: None,
         };
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        self.live.lock().expect("live map").insert(id, cancel.clone());
         if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
+            self.live.lock().expect("live map").remove(&id);
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::ShuttingDown);
         }
         Ok(Submission { id, events: erx, cancel })
     }
 
-    /// Cancels a request by id (idempotent; unknown ids are ignored).
+    /// Cancels a request by id (idempotent; unknown ids are ignored). Takes effect within
+    /// one layer of the current step.
     pub fn cancel(&self, id: SeqId) {
+        if let Some(flag) = self.live.lock().expect("live map").get(&id) {
+            flag.store(true, Ordering::Relaxed);
+        }
         let _ = self.tx.send(Command::Cancel(id));
     }
 
@@ -216,9 +227,10 @@ struct Engine {
     rx: Receiver<Command>,
     kv: BlockAllocator,
     waiting: VecDeque<Box<Sequence>>,
-    running: Vec<Box<Sequence>>,
+    running: Vec<Sequence>,
     draining: bool,
     tracing: bool,
+    live: Arc<Mutex<HashMap<SeqId, Arc<AtomicBool>>>>,
 }
 
 impl Engine {
@@ -228,6 +240,7 @@ impl Engine {
         config: EngineConfig,
         stats: Arc<EngineStats>,
         rx: Receiver<Command>,
+        live: Arc<Mutex<HashMap<SeqId, Arc<AtomicBool>>>>,
     ) -> Self {
         let kv = BlockAllocator::new(backend.kv_num_blocks(), backend.kv_block_size());
         stats.kv_blocks_total.store(kv.total() as u64, Ordering::Relaxed);
@@ -252,6 +265,7 @@ impl Engine {
             running: Vec::new(),
             draining: false,
             tracing,
+            live,
         }
     }
 
@@ -293,19 +307,22 @@ impl Engine {
             Command::Submit(seq) => {
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 if self.draining {
+                    self.forget(seq.id);
                     let _ = seq.events.send(Event::Error(EngineError::ShuttingDown));
                 } else {
                     self.waiting.push_back(seq);
                 }
             }
             Command::Cancel(id) => {
-                for s in self.running.iter().chain(self.waiting.iter()).filter(|s| s.id == id) {
+                let waiting = self.waiting.iter().map(|b| &**b);
+                for s in self.running.iter().chain(waiting).filter(|s| s.id == id) {
                     s.cancel.store(true, Ordering::Relaxed);
                 }
             }
             Command::Shutdown { cancel_running } => {
                 self.draining = true;
-                for s in self.waiting.iter().chain(if cancel_running { self.running.iter() } else { [].iter() }) {
+                let running = if cancel_running { &self.running[..] } else { &[] };
+                for s in self.waiting.iter().map(|b| &**b).chain(running) {
                     s.cancel.store(true, Ordering::Relaxed);
                 }
             }
@@ -316,6 +333,7 @@ impl Engine {
         for mut s in std::mem::take(&mut self.waiting) {
             if s.cancelled() {
                 s.finish(StopReason::Cancelled);
+                self.forget(s.id);
             } else {
                 self.waiting.push_back(s);
             }
@@ -340,6 +358,7 @@ impl Engine {
             let budget = (seq.n_prompt() + seq.req.max_tokens).min(self.config.ctx_size);
             if self.kv.blocks_for(budget) > self.kv.total() {
                 let seq = self.waiting.pop_front().expect("front exists");
+                self.forget(seq.id);
                 seq.send(Event::Error(EngineError::InvalidRequest(format!(
                     "the request needs {budget} tokens of KV cache; the pool holds {}",
                     self.kv.total() * self.kv.block_size()
@@ -354,7 +373,7 @@ impl Engine {
             seq.block_table = table;
             seq.send(Event::Started { seq: seq.id, seed: seq.seed, prompt_tokens: seq.n_prompt() });
             self.stats.prompt_tokens.fetch_add(seq.n_prompt() as u64, Ordering::Relaxed);
-            self.running.push(seq);
+            self.running.push(*seq);
         }
     }
 
@@ -383,6 +402,7 @@ impl Engine {
                 start_pos: start,
                 block_table: &s.block_table,
                 logits,
+                cancel: Some(&*s.cancel),
                 trace: self.tracing.then(|| TraceInfo {
                     request: s.req.trace_name.clone(),
                     last_token_idx: s.generated as u32,
@@ -394,10 +414,7 @@ impl Engine {
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = result {
             tracing::error!("forward pass failed: {e}");
-            for mut s in std::mem::take(&mut self.running) {
-                s.send(Event::Error(EngineError::Backend(e.clone())));
-                self.kv.release(&mut s.block_table);
-            }
+            self.fail_running(&e);
             return;
         }
 
@@ -444,6 +461,8 @@ impl Engine {
                 }
             }
         }
+        // A request cancelled during the step is retired next loop; never sample for it.
+        to_sample.retain(|&(i, _)| !self.running[i].cancelled());
         if to_sample.is_empty() {
             return;
         }
@@ -468,10 +487,7 @@ impl Engine {
         let sampled = match sampled {
             Ok(v) => v,
             Err(e) => {
-                for mut s in std::mem::take(&mut self.running) {
-                    s.send(Event::Error(EngineError::Backend(e.clone())));
-                    self.kv.release(&mut s.block_table);
-                }
+                self.fail_running(&e);
                 return;
             }
         };
@@ -528,7 +544,7 @@ impl Engine {
         reason
     }
 
-    fn retire(&mut self, mut s: Box<Sequence>, reason: StopReason) {
+    fn retire(&mut self, mut s: Sequence, reason: StopReason) {
         if reason == StopReason::Eos {
             // Text held back as a possible stop string (or an unfinished character) is real
             // output: send it before the end.
@@ -540,10 +556,24 @@ impl Engine {
             }
         }
         s.finish(reason);
+        self.forget(s.id);
         self.kv.release(&mut s.block_table);
         if self.tracing {
             self.backend.flush_log();
         }
+    }
+
+    /// Ends every running request with `e` (the backend failed a whole step).
+    fn fail_running(&mut self, e: &BackendError) {
+        for mut s in std::mem::take(&mut self.running) {
+            s.send(Event::Error(EngineError::Backend(e.clone())));
+            self.forget(s.id);
+            self.kv.release(&mut s.block_table);
+        }
+    }
+
+    fn forget(&self, id: SeqId) {
+        self.live.lock().expect("live map").remove(&id);
     }
 
     fn publish_stats(&self) {

@@ -69,10 +69,10 @@ impl ModelConfig {
         if self.n_layers == 0 || self.d_model == 0 || self.d_ff == 0 || self.n_heads == 0 || self.n_kv_heads == 0 {
             return bad(format!("zero dimension in {self:?}"));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} query heads do not divide into {} KV heads", self.n_heads, self.n_kv_heads));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 || self.head_dim > 256 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > 256 {
             return bad(format!("head_dim {} must be even and at most 256", self.head_dim));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
