@@ -5,8 +5,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use worker_core::model::Model;
 
+/// The golden files: `../shared/golden` beside the checkout, or `$WORKER_ORCD_GOLDEN` (used on
+/// the GPU machine, where test binaries run away from the source tree).
 pub fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden").join(name)
+    let dir = std::env::var_os("WORKER_ORCD_GOLDEN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
+    dir.join(name)
 }
 
 pub fn golden_lines(name: &str) -> Vec<serde_json::Value> {
