@@ -206,19 +206,7 @@ pub fn layer(
         neox,
     )?;
     if idx.is_decode() {
-        let split = cuda_sys::WK_ATTN_SPLIT as usize;
-        let max_ctx = idx.max_seq_len().div_ceil(split).max(1) * split;
-        let max_ctx = max_ctx.min(a.max_ctx.max(idx.max_seq_len()));
-        k::attention_decode(
-            s,
-            &a.q,
-            cache,
-            idx,
-            &mut a.a,
-            &mut a.attn_scratch,
-            hd,
-            max_ctx,
-        )?;
+        k::attention_decode(s, &a.q, cache, idx, &mut a.a, &mut a.attn_scratch, hd)?;
     } else {
         k::attention_prefill(s, &a.q, cache, idx, &mut a.a, hd)?;
     }

@@ -428,8 +428,9 @@ pub fn attention_decode_scratch_bytes(
 }
 
 /// One query token per sequence of a decode index: `out [S, Hq, hd]` = attention of `q` over
-/// each sequence's keys `[0, pos + 1)`.
-#[allow(clippy::too_many_arguments)]
+/// each sequence's keys `[0, pos + 1)`. The launch grid covers the index's widest block table
+/// (`max_ctx = max_blocks * block_size`); `scratch` must hold
+/// [`attention_decode_scratch_bytes`] for that `max_ctx`.
 pub fn attention_decode(
     s: &CudaStream,
     q: &impl DevicePtr<f32>,
@@ -438,7 +439,6 @@ pub fn attention_decode(
     out: &mut impl DevicePtrMut<f32>,
     scratch: &mut CudaSlice<u8>,
     h: Heads,
-    max_ctx: usize,
 ) -> KResult {
     if !idx.is_decode() {
         return Err(invalid(
@@ -453,12 +453,8 @@ pub fn attention_decode(
         .map_err(invalid)?;
     idx.check_pool(cache.num_blocks(), cache.block_size())
         .map_err(invalid)?;
-    if idx.max_seq_len() > max_ctx {
-        return Err(invalid(format!(
-            "attention_decode: a sequence of {} keys exceeds max_ctx {max_ctx}",
-            idx.max_seq_len()
-        )));
-    }
+    // max_seq_len <= max_blocks * block_size by construction of the index.
+    let max_ctx = idx.max_blocks() * cache.block_size();
     let scratch_bytes = scratch.len();
     let need_scratch = attention_decode_scratch_bytes(n, h, max_ctx)?;
     need("attention_decode scratch", scratch_bytes, need_scratch)?;

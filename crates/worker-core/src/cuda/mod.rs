@@ -219,7 +219,7 @@ impl CudaBackend {
         let kv = c.n_layers as u64
             * LayerCache::bytes_for(num_blocks, KV_BLOCK_SIZE, c.n_kv_heads, c.head_dim);
         let cap = cfg.max_batch_tokens.max(1);
-        let max_ctx = (num_blocks * KV_BLOCK_SIZE).min(c.context_length.max(1));
+        let max_ctx = max_decode_ctx(c, num_blocks);
         let ap = ActPlan::new(c, cap, cfg.max_decode_seqs.max(1), max_ctx)
             .map_err(CudaInitError::Unsupported)?;
         let table = table_entries(cfg, num_blocks);
@@ -294,7 +294,7 @@ impl CudaBackend {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| oom_or("the KV cache", e))?;
         let cap = cfg.max_batch_tokens.max(1);
-        let max_ctx = (num_blocks * KV_BLOCK_SIZE).min(c.context_length.max(1));
+        let max_ctx = max_decode_ctx(&c, num_blocks);
         let ap = ActPlan::new(&c, cap, cfg.max_decode_seqs.max(1), max_ctx)
             .map_err(CudaInitError::Unsupported)?;
         let act = Activations::new(&s, &c, &ap).map_err(|e| oom_or("activations", e))?;
@@ -634,6 +634,13 @@ impl CudaBackend {
 #[derive(Clone, Copy)]
 enum TraceBuf {
     X,
+}
+
+/// Widest decode attention launch: a table of `num_blocks` blocks, but no wider than the model's
+/// context (rounded up to a block) — sequences the engine admits are never longer.
+fn max_decode_ctx(c: &crate::model::ModelConfig, num_blocks: usize) -> usize {
+    (num_blocks * KV_BLOCK_SIZE)
+        .min(c.context_length.max(1).div_ceil(KV_BLOCK_SIZE) * KV_BLOCK_SIZE)
 }
 
 /// Logits rows an item produces.

@@ -10,7 +10,11 @@ use worker_core::engine::{Backend, BatchItem, LogitsWanted};
 use worker_core::sampling::{argmax, logsumexp};
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 /// Runs every golden case (`teacher_forced_hf.jsonl` lines) through `backend` and asserts the
@@ -27,7 +31,14 @@ pub fn check_teacher_forced(backend: &mut dyn Backend, label: &str, cases: &[ser
         let bs = backend.kv_block_size();
         let table: Vec<u32> = (0..tokens.len().div_ceil(bs) as u32).collect();
         backend
-            .forward(&[BatchItem { tokens: &tokens, start_pos: 0, block_table: &table, logits: LogitsWanted::All, trace: None }])
+            .forward(&[BatchItem {
+                tokens: &tokens,
+                start_pos: 0,
+                block_table: &table,
+                logits: LogitsWanted::All,
+                trace: None,
+                cancel: None,
+            }])
             .expect("forward");
         for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {
             let logits = backend.logits(prompt.len() - 1 + i).expect("logits row");
@@ -44,7 +55,10 @@ pub fn check_teacher_forced(backend: &mut dyn Backend, label: &str, cases: &[ser
                 decisive += 1;
                 let ours = argmax(&logits);
                 if ours != tok(0) {
-                    top1_miss.push(format!("{name} step {i}: ours {ours}, reference {}", tok(0)));
+                    top1_miss.push(format!(
+                        "{name} step {i}: ours {ours}, reference {}",
+                        tok(0)
+                    ));
                 }
             }
         }
@@ -57,7 +71,10 @@ pub fn check_teacher_forced(backend: &mut dyn Backend, label: &str, cases: &[ser
         "[{label}] teacher-forced vs HF: {steps} steps, {decisive} decisive; top-5 |Δlogprob| median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 misses: {}",
         top1_miss.len()
     );
-    assert!(top1_miss.is_empty(), "top-1 disagrees where the reference margin ≥ 0.2: {top1_miss:?}");
+    assert!(
+        top1_miss.is_empty(),
+        "top-1 disagrees where the reference margin ≥ 0.2: {top1_miss:?}"
+    );
     assert!(median <= 0.05, "median {median} > 0.05");
     assert!(p95 <= 0.2, "95th percentile {p95} > 0.2");
 }
