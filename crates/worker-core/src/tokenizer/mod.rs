@@ -258,8 +258,20 @@ impl Tokenizer {
             .collect();
         specials.sort_by(|a, b| b.text.len().cmp(&a.text.len()).then(a.id.cmp(&b.id)));
 
-        let bpe = Self::build_bpe(gguf, &tokens, spec)?;
-        let pieces = Arc::new(Pieces::build(&tokens, attrs));
+        // Building the BPE merge table and compiling the Unicode regexes each take a few
+        // hundred milliseconds; they are independent, so start-up overlaps them.
+        let (model, (pre_tokenizer, pieces)) = rayon::join(
+            || Self::build_bpe(gguf, &tokens, spec),
+            || {
+                (
+                    Self::build_pre_tokenizer(spec),
+                    Pieces::build(&tokens, attrs),
+                )
+            },
+        );
+        let mut bpe = tokenizers::Tokenizer::new(model?);
+        bpe.with_pre_tokenizer(Some(pre_tokenizer?));
+        let pieces = Arc::new(pieces);
         Ok(Tokenizer {
             bpe,
             pieces,
@@ -276,7 +288,7 @@ impl Tokenizer {
         gguf: &GgufFile,
         tokens: &[&str],
         spec: pretok::PreTokenizerSpec,
-    ) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    ) -> Result<BPE, TokenizerError> {
         // A later duplicate text overrides an earlier one, as in llama.cpp's token_to_id map.
         let vocab: Vocab = tokens
             .iter()
@@ -313,12 +325,17 @@ impl Tokenizer {
                 "tokenizer merges referring to tokens not in the vocabulary were ignored"
             );
         }
-        let model = BPE::builder()
+        BPE::builder()
             .vocab_and_merges(vocab, merges)
             .ignore_merges(spec.ignore_merges)
             .build()
-            .map_err(|e| TokenizerError::Build(e.to_string()))?;
+            .map_err(|e| TokenizerError::Build(e.to_string()))
+    }
 
+    /// The regex splits of `spec` as `Split(Isolated)` stages, then the byte-to-character map.
+    fn build_pre_tokenizer(
+        spec: pretok::PreTokenizerSpec,
+    ) -> Result<PreTokenizerWrapper, TokenizerError> {
         let mut stages = Vec::with_capacity(spec.regexes.len() + 1);
         for re in spec.regexes {
             let split = Split::new(
@@ -334,9 +351,7 @@ impl Tokenizer {
             false, false, false,
         )));
 
-        let mut tok = tokenizers::Tokenizer::new(model);
-        tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(stages))));
-        Ok(tok)
+        Ok(PreTokenizerWrapper::Sequence(Sequence::new(stages)))
     }
 
     /// Number of tokens in the vocabulary (may be smaller than the output layer's rows).
