@@ -17,9 +17,27 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+/// Acceptance thresholds of a teacher-forced check.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Top-1 must agree wherever the reference's top-2 margin is at least this.
+    pub margin: f32,
+    pub median: f32,
+    pub p95: f32,
+}
+
+/// The default model's (issue: CPU backend).
+pub const QWEN2: Thresholds = Thresholds { margin: 0.2, median: 0.05, p95: 0.2 };
+/// SmolLM2-135M's (issue: second architecture): the references themselves are further apart.
+pub const SMOLLM2: Thresholds = Thresholds { margin: 0.3, median: 0.08, p95: 0.3 };
+
 /// Runs every golden case (`teacher_forced_hf.jsonl` lines) through `backend` and asserts the
-/// thresholds; prints one summary line labelled `label`.
+/// default model's thresholds; prints one summary line labelled `label`.
 pub fn check_teacher_forced(backend: &mut dyn Backend, label: &str, cases: &[serde_json::Value]) {
+    check_teacher_forced_with(backend, label, cases, QWEN2)
+}
+
+pub fn check_teacher_forced_with(backend: &mut dyn Backend, label: &str, cases: &[serde_json::Value], th: Thresholds) {
     let mut errors: Vec<f32> = Vec::new();
     let (mut steps, mut decisive, mut top1_miss) = (0, 0, Vec::new());
     for case in cases {
@@ -51,7 +69,7 @@ pub fn check_teacher_forced(backend: &mut dyn Backend, label: &str, cases: &[ser
                 errors.push(((logits[tok(j)] - ours_lse) - (val(j) - ref_lse)).abs());
             }
             steps += 1;
-            if val(0) - val(1) >= 0.2 {
+            if val(0) - val(1) >= th.margin {
                 decisive += 1;
                 let ours = argmax(&logits);
                 if ours != tok(0) {
@@ -68,13 +86,14 @@ pub fn check_teacher_forced(backend: &mut dyn Backend, label: &str, cases: &[ser
     let pct = |p: f64| errors[((errors.len() - 1) as f64 * p).round() as usize];
     let (median, p95, max) = (pct(0.5), pct(0.95), errors[errors.len() - 1]);
     eprintln!(
-        "[{label}] teacher-forced vs HF: {steps} steps, {decisive} decisive; top-5 |Δlogprob| median {median:.4}, p95 {p95:.4}, max {max:.4}; top-1 misses: {}",
+        "[{label}] teacher-forced vs HF: {steps} steps, {decisive} decisive; top-5 |Δlogprob| median {median:.2e}, p95 {p95:.2e}, max {max:.2e}; top-1 misses: {}",
         top1_miss.len()
     );
     assert!(
         top1_miss.is_empty(),
-        "top-1 disagrees where the reference margin ≥ 0.2: {top1_miss:?}"
+        "top-1 disagrees where the reference margin ≥ {}: {top1_miss:?}",
+        th.margin
     );
-    assert!(median <= 0.05, "median {median} > 0.05");
-    assert!(p95 <= 0.2, "95th percentile {p95} > 0.2");
+    assert!(median <= th.median, "median {median} > {}", th.median);
+    assert!(p95 <= th.p95, "95th percentile {p95} > {}", th.p95);
 }
