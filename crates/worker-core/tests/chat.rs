@@ -9,6 +9,15 @@ use worker_core::tokenizer::{ChatError, ChatMessage, ChatTemplate, Tokenizer};
 const QWEN_DEFAULT_SYSTEM: &str =
     "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
+/// The known model whose cached file is `file`, fetched if needed.
+fn fetch_known(file: &str) -> PathBuf {
+    let known = worker_core::fetch::KNOWN_MODELS
+        .iter()
+        .find(|m| m.file_name == file)
+        .unwrap_or_else(|| panic!("{file} is not a known model"));
+    worker_core::fetch::ensure_model(known).unwrap_or_else(|e| panic!("fetching {file}: {e}"))
+}
+
 fn golden_dir() -> PathBuf {
     let beside_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
     if beside_repo.is_dir() {
@@ -19,11 +28,8 @@ fn golden_dir() -> PathBuf {
 }
 
 fn open_model(file: &str) -> Option<GgufFile> {
-    let path = worker_core::fetch::cache_dir().join("models").join(file);
-    if !path.exists() {
-        eprintln!("skipping: {} is absent", path.display());
-        return None;
-    }
+    // Fetched into the cache on first use: these tests never skip for lack of the file.
+    let path = fetch_known(file);
     Some(GgufFile::open(&path).expect("open gguf"))
 }
 

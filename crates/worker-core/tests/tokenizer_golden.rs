@@ -1,6 +1,6 @@
 //! The GGUF tokenizer against llama.cpp's and HF's ids for the real models
-//! (`shared/golden/tokenizer_*.jsonl`, `greedy_llamacpp.jsonl`). Skipped, with a message, when
-//! the model file is not in the cache.
+//! (`shared/golden/tokenizer_*.jsonl`, `greedy_llamacpp.jsonl`). The model files are fetched
+//! into the cache on first use.
 
 use serde_json::Value as Json;
 use std::path::PathBuf;
@@ -10,6 +10,15 @@ use worker_core::tokenizer::{TokenAttr, Tokenizer, TokenizerError};
 
 const QWEN_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 const SMOLLM_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The known model whose cached file is `file`, fetched if needed.
+fn fetch_known(file: &str) -> PathBuf {
+    let known = worker_core::fetch::KNOWN_MODELS
+        .iter()
+        .find(|m| m.file_name == file)
+        .unwrap_or_else(|| panic!("{file} is not a known model"));
+    worker_core::fetch::ensure_model(known).unwrap_or_else(|e| panic!("fetching {file}: {e}"))
+}
 
 fn golden_dir() -> PathBuf {
     let beside_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
@@ -37,14 +46,8 @@ fn ids(v: &Json) -> Vec<u32> {
 }
 
 fn load(file: &str) -> Option<(GgufFile, Tokenizer)> {
-    let path = worker_core::fetch::cache_dir().join("models").join(file);
-    if !path.exists() {
-        eprintln!(
-            "skipping: {} is absent (run the worker once or fetch it to create it)",
-            path.display()
-        );
-        return None;
-    }
+    // Fetched into the cache on first use: these tests never skip for lack of the file.
+    let path = fetch_known(file);
     let gguf = GgufFile::open(&path).expect("open gguf");
     let t0 = Instant::now();
     let tok = Tokenizer::from_gguf(&gguf).expect("tokenizer");
