@@ -527,6 +527,108 @@ fn matvec_q_matches_reference_for_every_type() {
 }
 
 #[test]
+fn fused_matvecs_match_reference() {
+    if !gpu_present("matvec_q_multi/swiglu") {
+        return;
+    }
+    let mut rng = Rng(23);
+    // Three parts of different types, one with a bias, one accumulating; T = 10 (groups 8 + 2).
+    let (k, tt) = (768usize, 10usize);
+    let specs = [
+        (wk_dtype::WK_TYPE_Q5_0, 131usize, true, false),
+        (wk_dtype::WK_TYPE_Q8_0, 64, false, true),
+        (wk_dtype::WK_TYPE_Q4_K, 40, true, false),
+    ];
+    let x = rng.vec(tt * k, 2.0);
+    let dx = Dev::of(&x);
+    let dq = Dev::zeroed(tt * k / 32 * WK_Q8_1_BLOCK_BYTES as usize);
+    // SAFETY: x [tt, k] -> q8 [tt, k/32].
+    ok(unsafe { wk_quantize_q8_1(NULL_STREAM, dx.f(), dq.ptr, tt as i32, k as i32) });
+    let xq = decode_q8_1(&dq.download::<u8>(dq.bytes));
+    let mut bufs = Vec::new();
+    let mut parts = Vec::new();
+    let mut wants = Vec::new();
+    for (t, n, with_bias, accumulate) in specs {
+        let (be, _) = geometry(t);
+        let data = random_blocks(&mut rng, t, n * k / be);
+        let bias = rng.vec(n, 1.0);
+        let prior = rng.vec(tt * n, 1.0);
+        let mut want = matmul_ref(
+            &dequant_rows(t, &data),
+            &xq,
+            with_bias.then_some(&bias[..]),
+            n,
+            k,
+            tt,
+        );
+        if accumulate {
+            want.iter_mut().zip(&prior).for_each(|(w, p)| *w += p);
+        }
+        let (dw, db, dout) = (Dev::of(&data), Dev::of(&bias), Dev::of(&prior));
+        parts.push(wk_matvec_part {
+            type_: t,
+            W: dw.ptr,
+            bias: if with_bias { db.f() } else { std::ptr::null() },
+            out: dout.f(),
+            N: n as i32,
+            accumulate: accumulate as i32,
+        });
+        wants.push(want);
+        bufs.push((dw, db, dout));
+    }
+    // SAFETY: host array of 3 descriptors over live device buffers of the documented shapes.
+    ok(unsafe { wk_matvec_q_multi(NULL_STREAM, parts.as_ptr(), 3, dq.ptr, k as i32, tt as i32) });
+    for (i, ((_, _, dout), want)) in bufs.iter().zip(&wants).enumerate() {
+        let e = norm_err(&dout.download::<f32>(want.len()), want);
+        assert!(e < 2e-3, "matvec_q_multi part {i}: error {e}");
+    }
+
+    // SwiGLU: silu(Wg . x) * (Wu . x).
+    let (n, k, tt) = (100usize, 896usize, 3usize);
+    let t = wk_dtype::WK_TYPE_Q5_0;
+    let (g_data, u_data) = (
+        random_blocks(&mut rng, t, n * k / 32),
+        random_blocks(&mut rng, t, n * k / 32),
+    );
+    let x = rng.vec(tt * k, 2.0);
+    let (dx, dg, du) = (Dev::of(&x), Dev::of(&g_data), Dev::of(&u_data));
+    let dq = Dev::zeroed(tt * k / 32 * WK_Q8_1_BLOCK_BYTES as usize);
+    let dout = Dev::zeroed(4 * tt * n);
+    // SAFETY: x [tt, k] -> q8; Wg, Wu [n, k]; out [tt, n].
+    unsafe {
+        ok(wk_quantize_q8_1(
+            NULL_STREAM,
+            dx.f(),
+            dq.ptr,
+            tt as i32,
+            k as i32,
+        ));
+        ok(wk_matvec_q_swiglu(
+            NULL_STREAM,
+            t,
+            dg.ptr,
+            du.ptr,
+            dq.ptr,
+            dout.f(),
+            n as i32,
+            k as i32,
+            tt as i32,
+        ));
+    }
+    let xq = decode_q8_1(&dq.download::<u8>(dq.bytes));
+    let g = matmul_ref(&dequant_rows(t, &g_data), &xq, None, n, k, tt);
+    let u = matmul_ref(&dequant_rows(t, &u_data), &xq, None, n, k, tt);
+    let want: Vec<f32> = g
+        .iter()
+        .zip(&u)
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect();
+    let e = norm_err(&dout.download::<f32>(tt * n), &want);
+    assert!(e < 2e-3, "matvec_q_swiglu: error {e}");
+    println!("fused matvecs ok");
+}
+
+#[test]
 fn matvec_f_matches_reference() {
     if !gpu_present("matvec_f") {
         return;

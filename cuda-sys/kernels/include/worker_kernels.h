@@ -105,6 +105,37 @@ int wk_rmsnorm_quantize_q8_1(wk_stream_t stream, const float *x, const float *w,
 int wk_matvec_q(wk_stream_t stream, wk_dtype type, const void *W, const void *q8,
                 const float *bias, float *out, int N, int K, int T, int accumulate);
 
+/*
+ * One output of wk_matvec_q_multi: W [N, K] of a quantized `type` (as in wk_matvec_q), bias f32
+ * [N] or NULL, out f32 [T, N] (row stride N), accumulate as in wk_matvec_q.
+ */
+typedef struct wk_matvec_part {
+    wk_dtype type;
+    const void *W;
+    const float *bias;
+    float *out;
+    int N;
+    int accumulate;
+} wk_matvec_part;
+#define WK_MATVEC_MAX_PARTS 4
+
+/*
+ * Several quantized matvecs of the same activations in ONE launch, e.g. Q, K and V (each with its
+ * own type, bias and output): for each part p, p.out[t, n] (+)= p.W[n, :] . x[t, :] (+ p.bias[n]).
+ * parts: HOST array of n_parts (1..WK_MATVEC_MAX_PARTS) descriptors, copied into the launch's
+ * parameters (a captured graph keeps them). q8: x as q8_1 blocks [T, K/32]. Outputs must not
+ * overlap. Same alignment and K rules as wk_matvec_q.
+ */
+int wk_matvec_q_multi(wk_stream_t stream, const wk_matvec_part *parts, int n_parts,
+                      const void *q8, int K, int T);
+
+/*
+ * SwiGLU front of an MLP in ONE launch: out f32 [T, N] = silu(Wg . x) * (Wu . x), where Wg and Wu
+ * are [N, K] of the same quantized type and q8 is x as q8_1 blocks [T, K/32]. out may not alias q8.
+ */
+int wk_matvec_q_swiglu(wk_stream_t stream, wk_dtype type, const void *Wg, const void *Wu,
+                       const void *q8, float *out, int N, int K, int T);
+
 /* As wk_matvec_q for type in {F32, F16, BF16} with f32 activations x [T, K]. */
 int wk_matvec_f(wk_stream_t stream, wk_dtype type, const void *W, const float *x,
                 const float *bias, float *out, int N, int K, int T, int accumulate);

@@ -2,28 +2,13 @@
 // Quantized weights use integer dp4a dot products against q8_1 activations; F32/F16/BF16 weights
 // use f32 FMA. One warp per weight row, MV_ROWS rows per block; each lane takes whole 32-value
 // chunks of the row, so the weights are read once for all T (<= 8 per launch) activation rows.
-#include "quants.cuh"
+#include "matvec.cuh"
 
 namespace {
 
-constexpr int MV_ROWS = 4;  // warps (= rows) per block
-constexpr int MV_MAX_T = 8;  // activation rows per launch; more are done in groups of 8
-
-// Writes lane t's column: out[t, row] (+)= acc[t] + bias[row]. Selecting acc[lane] through an
-// unrolled loop keeps acc in registers (a dynamic index would spill it to local memory).
-template <int NT>
-__device__ __forceinline__ void store_result(const float (&acc)[NT], const float *bias, float *out,
-                                             int row, int N, int accumulate) {
-    const int lane = threadIdx.x;
-    if (lane >= NT) return;
-    float v = 0.0f;
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-        if (t == lane) v = acc[t];
-    if (bias != nullptr) v += bias[row];
-    float *o = out + (size_t)lane * N + row;
-    *o = accumulate ? *o + v : v;
-}
+using wk::MV_MAX_T;
+using wk::MV_ROWS;
+using wk::store_result;
 
 // W: N rows of K elements of TYPE; q8: [NT, K/32] q8_1 blocks; out: [NT, N] (row stride N).
 template <int TYPE, int NT>
@@ -32,20 +17,8 @@ __global__ void __launch_bounds__(32 * MV_ROWS)
                     const float *__restrict__ bias, float *out, int N, int K, int accumulate) {
     const int row = blockIdx.x * MV_ROWS + threadIdx.y;
     if (row >= N) return;  // the whole warp leaves together: no shuffle is left half-joined
-    const int nchunks = K / 32;
-    const uint8_t *wrow = W + (size_t)row * wk::row_bytes<TYPE>(K);
     float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
-    for (int c = threadIdx.x; c < nchunks; c += 32) {
-        wk::Chunk<TYPE> w;
-        w.load(wrow, c);
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-            acc[t] += w.dot(q8 + ((size_t)t * nchunks + c) * WK_Q8_1_BLOCK_BYTES);
-    }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[t] = wk::warp_sum(acc[t]);
+    wk::row_dot_q<TYPE, NT>(W + (size_t)row * wk::row_bytes<TYPE>(K), q8, K / 32, acc);
     store_result<NT>(acc, bias, out, row, N, accumulate);
 }
 
