@@ -287,3 +287,10 @@ fn write_failure_reported_once_then_disabled() {
     sink.flush().unwrap();
     sink.flush().unwrap();
 }
+
+/// The engine moves its sink into the inference thread.
+#[test]
+fn sink_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Sink>();
+}
