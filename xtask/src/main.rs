@@ -5,7 +5,7 @@
 //! `match` arm.
 
 mod build_cuda;
-mod parity;
+use xtask::parity;
 
 use std::process::ExitCode;
 

@@ -112,12 +112,27 @@ impl std::fmt::Debug for EngineHandle {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread, which takes ownership of `backend`.
+    /// Starts the engine thread, which takes ownership of `backend`. Checkpoint logging is on
+    /// when `ORCH_LOG_FILE` is set (see orch-log).
     pub fn spawn(backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Self {
+        let sink = orch_log::Sink::from_env().unwrap_or_else(|e| {
+            tracing::warn!("checkpoint logging disabled: {e}");
+            None
+        });
+        Self::spawn_with_log(backend, tokenizer, config, sink)
+    }
+
+    /// As `spawn`, with an explicit checkpoint sink (None: logging off, at no cost).
+    pub fn spawn_with_log(
+        backend: Box<dyn Backend>,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+        sink: Option<orch_log::Sink>,
+    ) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         let live = Arc::new(Mutex::new(HashMap::new()));
-        let mut engine = Engine::new(backend, tokenizer.clone(), config.clone(), stats.clone(), rx, live.clone());
+        let mut engine = Engine::new(backend, tokenizer.clone(), config.clone(), stats.clone(), rx, live.clone(), sink);
         let thread = std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || engine.run())
@@ -241,17 +256,11 @@ impl Engine {
         stats: Arc<EngineStats>,
         rx: Receiver<Command>,
         live: Arc<Mutex<HashMap<SeqId, Arc<AtomicBool>>>>,
+        sink: Option<orch_log::Sink>,
     ) -> Self {
         let kv = BlockAllocator::new(backend.kv_num_blocks(), backend.kv_block_size());
         stats.kv_blocks_total.store(kv.total() as u64, Ordering::Relaxed);
         let mut backend = backend;
-        let sink = match orch_log::Sink::from_env() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("checkpoint logging disabled: {e}");
-                None
-            }
-        };
         let tracing = sink.is_some();
         backend.set_log_sink(sink);
         Engine {

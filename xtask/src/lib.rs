@@ -1,0 +1,3 @@
+//! The reusable parts of the project's tasks, so tests can drive them directly.
+
+pub mod parity;
