@@ -1015,3 +1015,297 @@ fn sampler_follows_llama_cpp_order_and_reports_logsumexp() {
     );
     println!("sampler ok");
 }
+
+/// Device buffers of a small decode step: norm + q8_1, fused QKV, RoPE + KV write, decode
+/// attention, q8_1, output head, sampler.
+struct DecodeStep {
+    x: Dev,
+    norm_w: Dev,
+    q8: Dev,
+    wq: Dev,
+    wk: Dev,
+    wv: Dev,
+    bq: Dev,
+    q: Dev,
+    k: Dev,
+    v: Dev,
+    kc: Dev,
+    vc: Dev,
+    table: Dev,
+    pos: Dev,
+    seq_len: Dev,
+    attn: Dev,
+    attn_scratch: Dev,
+    attn_scratch_bytes: usize,
+    q8_attn: Dev,
+    w_out: Dev,
+    logits: Dev,
+    sample_scratch: Dev,
+    sample_scratch_bytes: usize,
+    u: Dev,
+    token: Dev,
+    lse: Dev,
+    top_ids: Dev,
+    top_logits: Dev,
+}
+
+const STEP_D: usize = 896;
+const STEP_HQ: usize = 14;
+const STEP_HKV: usize = 2;
+const STEP_HD: usize = 64;
+const STEP_BS: usize = 16;
+const STEP_BLOCKS: usize = 8;
+const STEP_V: usize = 1000;
+
+impl DecodeStep {
+    fn new(rng: &mut Rng) -> DecodeStep {
+        let d = STEP_D;
+        let kv = STEP_HKV * STEP_HD;
+        let q8_bytes = d / 32 * WK_Q8_1_BLOCK_BYTES as usize;
+        let cache = 2 * STEP_BLOCKS * STEP_BS * kv;
+        let max_ctx = (STEP_BLOCKS * STEP_BS) as i32;
+        let (mut attn_scratch_bytes, mut sample_scratch_bytes) = (0, 0);
+        // SAFETY: out-parameters.
+        unsafe {
+            ok(wk_attention_decode_scratch_bytes(
+                1,
+                STEP_HQ as i32,
+                STEP_HD as i32,
+                max_ctx,
+                &mut attn_scratch_bytes,
+            ));
+            ok(wk_sample_scratch_bytes(
+                STEP_V as i32,
+                &mut sample_scratch_bytes,
+            ));
+        }
+        let table: Vec<i32> = (0..STEP_BLOCKS as i32).rev().collect();
+        DecodeStep {
+            x: Dev::of(&rng.vec(d, 2.0)),
+            norm_w: Dev::of(&rng.vec(d, 1.0)),
+            q8: Dev::zeroed(q8_bytes),
+            wq: Dev::of(&random_blocks(rng, wk_dtype::WK_TYPE_Q5_0, d * d / 32)),
+            wk: Dev::of(&random_blocks(rng, wk_dtype::WK_TYPE_Q5_0, kv * d / 32)),
+            wv: Dev::of(&random_blocks(rng, wk_dtype::WK_TYPE_Q8_0, kv * d / 32)),
+            bq: Dev::of(&rng.vec(d, 1.0)),
+            q: Dev::zeroed(4 * d),
+            k: Dev::zeroed(4 * kv),
+            v: Dev::zeroed(4 * kv),
+            kc: Dev::of(&vec![f16::from_f32(0.25).to_bits(); cache / 2]),
+            vc: Dev::of(
+                &rng.vec(cache / 2, 1.0)
+                    .iter()
+                    .map(|v| f16::from_f32(*v).to_bits())
+                    .collect::<Vec<_>>(),
+            ),
+            table: Dev::of(&table),
+            pos: Dev::zeroed(4),
+            seq_len: Dev::zeroed(4),
+            attn: Dev::zeroed(4 * d),
+            attn_scratch: Dev::zeroed(attn_scratch_bytes),
+            attn_scratch_bytes,
+            q8_attn: Dev::zeroed(q8_bytes),
+            w_out: Dev::of(&random_blocks(rng, wk_dtype::WK_TYPE_Q8_0, STEP_V * d / 32)),
+            logits: Dev::zeroed(4 * STEP_V),
+            sample_scratch: Dev::zeroed(sample_scratch_bytes),
+            sample_scratch_bytes,
+            u: Dev::zeroed(4),
+            token: Dev::zeroed(4),
+            lse: Dev::zeroed(4),
+            top_ids: Dev::zeroed(4 * 4),
+            top_logits: Dev::zeroed(4 * 4),
+        }
+    }
+
+    /// Position and uniform draw: written to device memory, read by the kernels at run time.
+    fn set_inputs(&self, pos: i32, u: f32) {
+        self.pos.upload(&[pos]);
+        self.seq_len.upload(&[pos + 1]);
+        self.u.upload(&[u]);
+        sync(); // pageable copies may still be in flight on the legacy stream
+    }
+
+    /// Enqueues the whole step on `s`.
+    fn enqueue(&self, s: wk_stream_t) {
+        let (d, hq, hkv, hd) = (
+            STEP_D as i32,
+            STEP_HQ as i32,
+            STEP_HKV as i32,
+            STEP_HD as i32,
+        );
+        let kv = hkv * hd;
+        let parts = [
+            wk_matvec_part {
+                type_: wk_dtype::WK_TYPE_Q5_0,
+                W: self.wq.ptr,
+                bias: self.bq.f(),
+                out: self.q.f(),
+                N: d,
+                accumulate: 0,
+            },
+            wk_matvec_part {
+                type_: wk_dtype::WK_TYPE_Q5_0,
+                W: self.wk.ptr,
+                bias: std::ptr::null(),
+                out: self.k.f(),
+                N: kv,
+                accumulate: 0,
+            },
+            wk_matvec_part {
+                type_: wk_dtype::WK_TYPE_Q8_0,
+                W: self.wv.ptr,
+                bias: std::ptr::null(),
+                out: self.v.f(),
+                N: kv,
+                accumulate: 0,
+            },
+        ];
+        let scale = 1.0 / (STEP_HD as f32).sqrt();
+        // SAFETY: every buffer was allocated by DecodeStep::new with the shape each launcher
+        // documents for T = 1, S = 1.
+        unsafe {
+            ok(wk_rmsnorm_quantize_q8_1(
+                s,
+                self.x.f(),
+                self.norm_w.f(),
+                self.q8.ptr,
+                1,
+                d,
+                1e-6,
+            ));
+            ok(wk_matvec_q_multi(s, parts.as_ptr(), 3, self.q8.ptr, d, 1));
+            ok(wk_rope_kv_write(
+                s,
+                self.q.f(),
+                self.k.f(),
+                self.v.f(),
+                self.pos.i(),
+                std::ptr::null(),
+                self.table.i(),
+                STEP_BLOCKS as i32,
+                self.kc.ptr,
+                self.vc.ptr,
+                1,
+                hq,
+                hkv,
+                hd,
+                STEP_BS as i32,
+                1e6,
+                wk_rope_mode::WK_ROPE_NEOX,
+            ));
+            ok(wk_attention_decode(
+                s,
+                self.q.f(),
+                self.kc.ptr,
+                self.vc.ptr,
+                self.table.i(),
+                STEP_BLOCKS as i32,
+                self.seq_len.i(),
+                self.attn.f(),
+                self.attn_scratch.ptr,
+                self.attn_scratch_bytes,
+                1,
+                hq,
+                hkv,
+                hd,
+                STEP_BS as i32,
+                (STEP_BLOCKS * STEP_BS) as i32,
+                scale,
+            ));
+            ok(wk_quantize_q8_1(s, self.attn.f(), self.q8_attn.ptr, 1, d));
+            ok(wk_matvec_q(
+                s,
+                wk_dtype::WK_TYPE_Q8_0,
+                self.w_out.ptr,
+                self.q8_attn.ptr,
+                std::ptr::null(),
+                self.logits.f(),
+                STEP_V as i32,
+                d,
+                1,
+                0,
+            ));
+            ok(wk_sample(
+                s,
+                self.logits.f(),
+                STEP_V as i32,
+                self.sample_scratch.ptr,
+                self.sample_scratch_bytes,
+                0,
+                0.95,
+                0.02,
+                0.8,
+                self.u.f(),
+                4,
+                self.token.i(),
+                self.lse.f(),
+                self.top_ids.i(),
+                self.top_logits.f(),
+            ));
+        }
+    }
+
+    /// (attention output, logits, token, logsumexp) after the stream finished.
+    fn results(&self, s: wk_stream_t) -> (Vec<f32>, Vec<f32>, i32, f32) {
+        // SAFETY: a stream created by wk_stream_create.
+        ok(unsafe { wk_stream_synchronize(s) });
+        (
+            self.attn.download(STEP_D),
+            self.logits.download(STEP_V),
+            self.token.download::<i32>(1)[0],
+            self.lse.download::<f32>(1)[0],
+        )
+    }
+}
+
+#[test]
+fn decode_step_is_graph_capturable_and_replays_with_new_device_inputs() {
+    if !gpu_present("graph capture") {
+        return;
+    }
+    let mut rng = Rng(29);
+    let step = DecodeStep::new(&mut rng);
+    let mut s: wk_stream_t = std::ptr::null_mut();
+    // SAFETY: out-parameter.
+    ok(unsafe { wk_stream_create(&mut s) });
+
+    // Eager reference at position 20.
+    step.set_inputs(20, 0.3);
+    step.enqueue(s);
+    let eager20 = step.results(s);
+
+    // Capture the same step (strict thread-local capture: any sync or allocation inside a
+    // launcher would fail here), then replay it.
+    let mut exec = std::ptr::null_mut();
+    // SAFETY: a created (non-NULL) stream; the graph handle is destroyed below.
+    unsafe {
+        ok(wk_graph_begin_capture(s));
+        step.enqueue(s);
+        ok(wk_graph_end_capture(s, &mut exec));
+        ok(wk_graph_launch(exec, s));
+    }
+    let graph20 = step.results(s);
+    assert_eq!(
+        graph20, eager20,
+        "graph replay differs from the eager launches"
+    );
+
+    // New position and draw written to device memory: the same graph must pick them up.
+    step.set_inputs(21, 0.7);
+    // SAFETY: as above.
+    ok(unsafe { wk_graph_launch(exec, s) });
+    let graph21 = step.results(s);
+    step.enqueue(s);
+    let eager21 = step.results(s);
+    assert_eq!(
+        graph21, eager21,
+        "graph replay with new inputs differs from the eager launches"
+    );
+    assert_ne!(graph21.0, graph20.0, "the replay ignored the new position");
+    // SAFETY: handles created above, each destroyed once after the stream finished.
+    unsafe {
+        ok(wk_graph_destroy(exec));
+        ok(wk_stream_destroy(s));
+    }
+    println!("graph capture ok (token {} at pos 21)", graph21.2);
+}

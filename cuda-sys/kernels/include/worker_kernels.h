@@ -261,6 +261,21 @@ int wk_memcpy_htod(void *dst_device, const void *src_host, size_t bytes);
 int wk_memcpy_dtoh(void *dst_host, const void *src_device, size_t bytes);
 int wk_stream_synchronize(wk_stream_t stream);
 
+/* A new non-blocking stream / its destruction (synchronizes the stream first). */
+int wk_stream_create(wk_stream_t *stream);
+int wk_stream_destroy(wk_stream_t stream);
+
+/*
+ * CUDA graph capture, for tests of capturability and for tools: begin capturing `stream` (not the
+ * NULL stream) in thread-local mode (an allocation or synchronization on this thread during the
+ * capture is an error, as under any strict capture); end it and instantiate the graph into
+ * *graph_exec (an opaque cudaGraphExec_t); launch it on a stream; destroy it.
+ */
+int wk_graph_begin_capture(wk_stream_t stream);
+int wk_graph_end_capture(wk_stream_t stream, void **graph_exec);
+int wk_graph_launch(void *graph_exec, wk_stream_t stream);
+int wk_graph_destroy(void *graph_exec);
+
 #ifdef __cplusplus
 }
 #endif

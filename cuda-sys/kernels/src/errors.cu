@@ -1,5 +1,5 @@
 // Error reporting (the thread-local last-error buffer), type geometry and the synchronous host
-// helpers used by tests and tools.
+// helpers used by tests and tools (memory, streams, graph capture).
 #include <stdio.h>
 #include <string.h>
 
@@ -88,5 +88,57 @@ extern "C" int wk_memcpy_dtoh(void *dst_host, const void *src_device, size_t byt
 
 extern "C" int wk_stream_synchronize(wk_stream_t stream) {
     WK_CUDA_CHECK(cudaStreamSynchronize(wk::as_stream(stream)));
+    return WK_OK;
+}
+
+extern "C" int wk_stream_create(wk_stream_t *stream) {
+    WK_REQUIRE(stream != nullptr);
+    cudaStream_t s = nullptr;
+    WK_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    *stream = (wk_stream_t)s;
+    return WK_OK;
+}
+
+extern "C" int wk_stream_destroy(wk_stream_t stream) {
+    WK_REQUIRE(stream != nullptr);
+    WK_CUDA_CHECK(cudaStreamSynchronize(wk::as_stream(stream)));
+    WK_CUDA_CHECK(cudaStreamDestroy(wk::as_stream(stream)));
+    return WK_OK;
+}
+
+extern "C" int wk_graph_begin_capture(wk_stream_t stream) {
+    WK_REQUIRE(stream != nullptr);  // the legacy NULL stream cannot be captured
+    WK_CUDA_CHECK(cudaStreamBeginCapture(wk::as_stream(stream), cudaStreamCaptureModeThreadLocal));
+    return WK_OK;
+}
+
+extern "C" int wk_graph_end_capture(wk_stream_t stream, void **graph_exec) {
+    WK_REQUIRE(stream != nullptr && graph_exec != nullptr);
+    *graph_exec = nullptr;
+    cudaGraph_t graph = nullptr;
+    WK_CUDA_CHECK(cudaStreamEndCapture(wk::as_stream(stream), &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    // The graph itself is no longer needed once instantiated (or if instantiation failed).
+    const cudaError_t destroyed = cudaGraphDestroy(graph);
+    if (inst != cudaSuccess)
+        return wk::set_error((int)inst, "cudaGraphInstantiate(&exec, graph, 0)", __FILE__, __LINE__);
+    if (destroyed != cudaSuccess) {
+        (void)cudaGraphExecDestroy(exec);  // the destroy error is the one to report
+        return wk::set_error((int)destroyed, "cudaGraphDestroy(graph)", __FILE__, __LINE__);
+    }
+    *graph_exec = (void *)exec;
+    return WK_OK;
+}
+
+extern "C" int wk_graph_launch(void *graph_exec, wk_stream_t stream) {
+    WK_REQUIRE(graph_exec != nullptr);
+    WK_CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)graph_exec, wk::as_stream(stream)));
+    return WK_OK;
+}
+
+extern "C" int wk_graph_destroy(void *graph_exec) {
+    WK_REQUIRE(graph_exec != nullptr);
+    WK_CUDA_CHECK(cudaGraphExecDestroy((cudaGraphExec_t)graph_exec));
     return WK_OK;
 }
