@@ -85,13 +85,12 @@ impl Worker {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(" ready ") {
-                    if let Some(addr) = line
+                if line.contains(" ready ")
+                    && let Some(addr) = line
                         .split_whitespace()
                         .find_map(|w| w.strip_prefix("addr="))
-                    {
-                        let _ = tx.send(addr.to_owned());
-                    }
+                {
+                    let _ = tx.send(addr.to_owned());
                 }
                 sink.lock().expect("log lock").push(line);
             }

@@ -90,11 +90,11 @@ impl Job {
             Poll::Ready(None) => return Poll::Ready(Item::Lost),
             Poll::Pending => {}
         }
-        if let Some(rx) = self.cancelled.as_mut() {
-            if Pin::new(rx).poll(cx).is_ready() {
-                self.cancelled = None;
-                return Poll::Ready(Item::Cancelled);
-            }
+        if let Some(rx) = self.cancelled.as_mut()
+            && Pin::new(rx).poll(cx).is_ready()
+        {
+            self.cancelled = None;
+            return Poll::Ready(Item::Cancelled);
         }
         Poll::Pending
     }

@@ -30,17 +30,16 @@ struct Execute {
 fn parse_execute(state: &AppState, body: &[u8]) -> Result<Execute, ApiError> {
     let mut f = Fields::parse(body)?;
     let job_id = f.required_string("job_id");
-    if let Some(id) = &job_id {
-        if id.is_empty()
+    if let Some(id) = &job_id
+        && (id.is_empty()
             || id.chars().count() > MAX_JOB_ID_CHARS
-            || id.chars().any(char::is_control)
-        {
-            f.error(
-                "job_id",
-                "1 to 256 characters, no control characters",
-                "job_id must be 1 to 256 printable characters",
-            );
-        }
+            || id.chars().any(char::is_control))
+    {
+        f.error(
+            "job_id",
+            "1 to 256 characters, no control characters",
+            "job_id must be 1 to 256 printable characters",
+        );
     }
     let prompt = f.required_string("prompt");
     let max_tokens = if f.has("max_tokens") {
@@ -174,7 +173,7 @@ impl StreamFormat for M0Stream {
             Item::Engine(Event::Token { text, index, .. }) => {
                 let new = g.on_token(index);
                 let mut out = sse::event("token", &json!({ "t": text, "i": index }));
-                if new && g.tokens % METRICS_EVERY == 0 {
+                if new && g.tokens.is_multiple_of(METRICS_EVERY) {
                     out.push_str(&self.metrics(g));
                 }
                 (out, false)

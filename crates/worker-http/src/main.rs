@@ -3,6 +3,7 @@
 
 mod admin;
 mod backend;
+mod bench_cmd;
 mod callback;
 mod errors;
 mod http;
@@ -13,13 +14,14 @@ mod openai;
 mod server;
 mod sse;
 mod state;
+mod synth_cmd;
 mod tokenize;
 mod util;
 mod validate;
 
 use anyhow::Context;
 use backend::Device;
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -40,8 +42,19 @@ struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "WORKER_LOG_JSON")]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+}
+
+/// Without a subcommand the worker serves.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Time prompt processing and decode without HTTP (llama-bench's shape).
+    Bench(bench_cmd::BenchArgs),
+    /// Write a synthetic GGUF with the default model's shapes and types (random weights).
+    SynthModel(synth_cmd::SynthArgs),
 }
 
 #[derive(Debug, Args)]
@@ -113,9 +126,15 @@ fn init_logging(json: bool) {
 }
 
 fn main() -> ExitCode {
+    let process_start = std::time::Instant::now();
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    match serve(cli.serve) {
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Bench(args)) => bench_cmd::run(args, process_start),
+        Some(Command::SynthModel(args)) => synth_cmd::run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -23,15 +23,16 @@ pub fn tokenize(state: &AppState, body: &[u8]) -> Result<Resp, ApiError> {
         .map_err(|e| ApiError::field("content", "tokenizable text", e.to_string()))?;
     // `encode` adds BOS when the model asks for it; without add_special, take back the one it
     // added (but not a BOS the text itself spelled out).
-    if !add_special && tok.add_bos() {
-        if let Some(bos) = tok.bos_id() {
-            let spelled = parse_special
-                && tok
-                    .token_to_piece(bos)
-                    .is_ok_and(|p| content.as_bytes().starts_with(p));
-            if ids.first() == Some(&bos) && !spelled {
-                ids.remove(0);
-            }
+    if !add_special
+        && tok.add_bos()
+        && let Some(bos) = tok.bos_id()
+    {
+        let spelled = parse_special
+            && tok
+                .token_to_piece(bos)
+                .is_ok_and(|p| content.as_bytes().starts_with(p));
+        if ids.first() == Some(&bos) && !spelled {
+            ids.remove(0);
         }
     }
     let tokens: Vec<Value> = if with_pieces {

@@ -104,14 +104,14 @@ pub async fn chat_completions(state: &Arc<AppState>, body: &[u8]) -> Result<Resp
         f.error("tools", "not supported", "tool calling is not supported");
     }
     let _ = (f.take("tool_choice"), f.take("parallel_tool_calls"));
-    if let Some(rf) = f.take("response_format") {
-        if rf.get("type").and_then(Value::as_str) != Some("text") {
-            f.error(
-                "response_format",
-                "{\"type\": \"text\"}",
-                "only text responses are supported",
-            );
-        }
+    if let Some(rf) = f.take("response_format")
+        && rf.get("type").and_then(Value::as_str) != Some("text")
+    {
+        f.error(
+            "response_format",
+            "{\"type\": \"text\"}",
+            "only text responses are supported",
+        );
     }
     let mut ids = Vec::new();
     if f.errors.is_empty() {

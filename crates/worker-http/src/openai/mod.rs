@@ -70,10 +70,10 @@ fn common(f: &mut Fields, vocab: usize) -> Common {
     // One choice per request: `n` and `best_of` may only be 1.
     let _ = f.int("n", 1, 1);
     let _ = f.int("best_of", 1, 1);
-    if let Some(bias) = f.take("logit_bias") {
-        if bias.as_object().is_none_or(|m| !m.is_empty()) {
-            f.error("logit_bias", "not supported", "logit_bias is not supported");
-        }
+    if f.take("logit_bias")
+        .is_some_and(|b| b.as_object().is_none_or(|m| !m.is_empty()))
+    {
+        f.error("logit_bias", "not supported", "logit_bias is not supported");
     }
     let stream = f.bool("stream").unwrap_or(false);
     let mut include_usage = false;
