@@ -101,6 +101,7 @@ fn random_matrix(r: &mut impl Rng, ty: GgmlType, n: usize, kk: usize) -> Vec<u8>
 }
 
 /// Host reference: `out[t, n] = dot(row n, x[t]) (+ bias) (+ prev)`.
+#[allow(clippy::too_many_arguments)]
 fn ref_matvec(
     ty: GgmlType,
     w: &[u8],
@@ -924,4 +925,93 @@ fn repetition_penalty_matches_host() {
     let recent = &history[history.len() - 64..];
     k::repetition_penalty(&s, &mut dl, v, recent, &mut ids, 1.3).unwrap();
     assert_eq!(down(&g, &dl), want);
+}
+
+#[test]
+fn f16_gemm_matches_cpu_dot_products() {
+    let Some(g) = gpu() else { return };
+    if !device::cublas_present() {
+        eprintln!("SKIPPED (libcublas not found; set LD_LIBRARY_PATH to CUDA's lib64)");
+        return;
+    }
+    let mut r = rng("gemm");
+    let s = g.stream.clone();
+    let blas = cudarc::cublas::CudaBlas::new(s.clone()).expect("cuBLAS handle");
+    for (m, t, kk, ldc, col0) in [
+        (1usize, 9usize, 32usize, 1usize, 0usize),
+        (37, 12, 896, 100, 50),
+        (300, 33, 4864, 896, 596),
+    ] {
+        for accumulate in [false, true] {
+            // Weights of any type go through dequantize -> f16; here random Q5_0 rows.
+            let ty = GgmlType::Q5_0;
+            let w = random_matrix(&mut r, ty, m, kk);
+            let x = rand_vec(&mut r, t * kk, 2.0);
+            let prev = rand_vec(&mut r, t * ldc, 1.0);
+            let mut w16 = zeros::<u16>(&g, m * kk);
+            k::dequantize(
+                &s,
+                dtype(ty).unwrap(),
+                &up(&g, &w),
+                &mut w16,
+                dtype(GgmlType::F16).unwrap(),
+                m,
+                kk,
+            )
+            .unwrap();
+            let mut x16 = zeros::<u16>(&g, t * kk);
+            k::f32_to_f16(&s, &up(&g, &x), &mut x16, t, kk).unwrap();
+            let mut out = up(&g, &prev);
+            k::gemm_f16(
+                &blas,
+                &s,
+                &w16,
+                m,
+                &x16,
+                t,
+                kk,
+                &mut out.slice_mut(..),
+                ldc,
+                col0,
+                accumulate,
+            )
+            .unwrap();
+            let got = down(&g, &out);
+            // Reference on the f16-rounded inputs, in f64.
+            let wf: Vec<f32> = down(&g, &w16)
+                .into_iter()
+                .map(|b| half::f16::from_bits(b).to_f32())
+                .collect();
+            let xf: Vec<f32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+            for ti in 0..t {
+                for c in 0..ldc {
+                    let base = prev[ti * ldc + c];
+                    let want = if c >= col0 && c < col0 + m {
+                        let n = c - col0;
+                        let dot: f64 = (0..kk)
+                            .map(|i| wf[n * kk + i] as f64 * xf[ti * kk + i] as f64)
+                            .sum();
+                        let mag: f64 = (0..kk)
+                            .map(|i| (wf[n * kk + i] as f64 * xf[ti * kk + i] as f64).abs())
+                            .sum();
+                        let want = dot as f32 + if accumulate { base } else { 0.0 };
+                        let tol = 1e-4 * mag as f32 + 1e-5;
+                        assert!(
+                            (got[ti * ldc + c] - want).abs() <= tol,
+                            "gemm m={m} t={t} k={kk} acc={accumulate} out[{ti},{c}]: {} vs {want}",
+                            got[ti * ldc + c]
+                        );
+                        continue;
+                    } else {
+                        base
+                    };
+                    assert_eq!(
+                        got[ti * ldc + c],
+                        want,
+                        "gemm wrote outside its columns at [{ti},{c}]"
+                    );
+                }
+            }
+        }
+    }
 }

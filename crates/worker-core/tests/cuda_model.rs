@@ -259,18 +259,34 @@ fn cuda_matches_cpu_on_prompts_and_decode_steps() {
     }
     let _g = serial();
     let mut cpu = CpuBackend::new(model(), 4096);
-    let mut gpu = cuda(CudaConfig::default());
-    let mut agree = Agreement::new();
-    for p in PROMPTS {
-        let prompt = encode(p);
-        let (cpu_rows, fed) = prompt_then_decode(&mut cpu, &prompt, None, 8, 1);
-        // The CUDA backend is fed the CPU's tokens so both see the same sequence.
-        let (gpu_rows, _) = prompt_then_decode(&mut gpu, &prompt, Some(&fed), 8, 3);
-        for (i, (o, r)) in gpu_rows.iter().zip(&cpu_rows).enumerate() {
-            agree.add(&format!("{:?} row {i}", &p[..p.len().min(20)]), o, r);
+    // Prompts through the cuBLAS GEMM path (when libcublas loads) and through the matvec path.
+    for prompt_gemm in [true, false] {
+        let mut gpu = cuda(CudaConfig {
+            prompt_gemm,
+            ..Default::default()
+        });
+        let label = if gpu.uses_prompt_gemm() {
+            "prefill (GEMM) + decode"
+        } else {
+            "prefill (matvec) + decode"
+        };
+        if prompt_gemm && !gpu.uses_prompt_gemm() {
+            eprintln!(
+                "NOTE: libcublas was not found; the GEMM prompt path is not tested (set LD_LIBRARY_PATH)"
+            );
         }
+        let mut agree = Agreement::new();
+        for p in PROMPTS {
+            let prompt = encode(p);
+            let (cpu_rows, fed) = prompt_then_decode(&mut cpu, &prompt, None, 8, 1);
+            // The CUDA backend is fed the CPU's tokens so both see the same sequence.
+            let (gpu_rows, _) = prompt_then_decode(&mut gpu, &prompt, Some(&fed), 8, 3);
+            for (i, (o, r)) in gpu_rows.iter().zip(&cpu_rows).enumerate() {
+                agree.add(&format!("{:?} row {i}", &p[..p.len().min(20)]), o, r);
+            }
+        }
+        agree.check(label);
     }
-    agree.check("prefill + decode");
 }
 
 #[test]
@@ -431,8 +447,18 @@ fn cuda_meets_the_teacher_forced_thresholds_against_hf() {
     let _g = serial();
     let cases = golden_lines("teacher_forced_hf.jsonl");
     real_model();
-    let mut gpu = cuda(CudaConfig::default());
-    teacher::check_teacher_forced(&mut gpu, "cuda", &cases);
+    for prompt_gemm in [true, false] {
+        let mut gpu = cuda(CudaConfig {
+            prompt_gemm,
+            ..Default::default()
+        });
+        let label = if gpu.uses_prompt_gemm() {
+            "cuda, prompt GEMM"
+        } else {
+            "cuda, prompt matvec"
+        };
+        teacher::check_teacher_forced(&mut gpu, label, &cases);
+    }
 }
 
 fn engine_run(engine: &EngineHandle, req: GenerateRequest) -> (Vec<u32>, String, StopReason) {

@@ -15,6 +15,12 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// Whether cuBLAS (libcublas) can be loaded. Never panics.
+pub fn cublas_present() -> bool {
+    // SAFETY: only tries to dlopen the library by its usual names.
+    unsafe { cudarc::cublas::sys::is_culib_present() }
+}
+
 /// Number of visible CUDA devices; an error when there is no driver or no GPU. Never panics.
 pub fn device_count() -> Result<usize, String> {
     if !driver_present() {

@@ -6,7 +6,7 @@ use super::kernels::{self as k, Heads, KResult};
 use super::kv::{KvIndex, LayerCache};
 use super::weights::{DeviceLayer, DeviceMatrix, DeviceWeights};
 use crate::model::ModelConfig;
-use cudarc::driver::{CudaSlice, CudaStream, DriverError};
+use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut, DriverError};
 use std::sync::Arc;
 
 /// Tokens processed per launch sequence; the activations are sized for this many rows.
@@ -29,6 +29,98 @@ pub struct Activations {
     pub attn_scratch: CudaSlice<u8>,
     /// Largest context the decode-attention scratch was sized for.
     pub max_ctx: usize,
+    /// The prompt path (cuBLAS f16 GEMM), when enabled.
+    pub gemm: Option<Gemm>,
+}
+
+/// Chunks of more than this many tokens go through the f16 GEMM (when enabled); shorter ones
+/// (decode) through the dp4a matvec.
+pub const GEMM_MIN_T: usize = 9;
+
+/// The prompt path's state: the cuBLAS handle (bound to the backend's stream) and f16 scratch for
+/// one dequantized weight chunk and the converted activations.
+pub struct Gemm {
+    pub blas: cudarc::cublas::CudaBlas,
+    pub w16: CudaSlice<u16>,
+    pub x16: CudaSlice<u16>,
+}
+
+impl Gemm {
+    /// f16 elements of the weight scratch: the largest layer matrix (the output head is done in
+    /// row chunks of it).
+    pub fn w16_elems(c: &ModelConfig) -> usize {
+        let d = c.d_model;
+        [
+            d * c.q_dim(),
+            d * c.kv_dim(),
+            c.q_dim() * d,
+            d * c.d_ff,
+            c.d_ff * d,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+
+    pub fn bytes_for(c: &ModelConfig, cap: usize) -> u64 {
+        let widest = c.d_model.max(c.q_dim()).max(c.d_ff);
+        2 * (Self::w16_elems(c) + cap * widest) as u64 + GEMM_WORKSPACE
+    }
+
+    pub fn new(s: &Arc<CudaStream>, c: &ModelConfig, cap: usize) -> Result<Self, String> {
+        let widest = c.d_model.max(c.q_dim()).max(c.d_ff);
+        let blas = cudarc::cublas::CudaBlas::new(s.clone())
+            .map_err(|e| format!("creating a cuBLAS handle: {e:?}"))?;
+        Ok(Gemm {
+            blas,
+            w16: s
+                .alloc_zeros(Self::w16_elems(c))
+                .map_err(|e| e.to_string())?,
+            x16: s.alloc_zeros(cap * widest).map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+/// Device memory cuBLAS may take for its own workspace (counted in the VRAM plan).
+pub const GEMM_WORKSPACE: u64 = 32 << 20;
+
+/// `out (+)= W · x (+ bias)` for `t` rows of f32 `x`: W dequantized to f16 in row chunks, one
+/// tensor-core GEMM per chunk.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gemm(
+    s: &CudaStream,
+    g: &mut Gemm,
+    w: &DeviceMatrix,
+    x: &impl cudarc::driver::DevicePtr<f32>,
+    bias: Option<&CudaSlice<f32>>,
+    out: &mut CudaViewMut<'_, f32>,
+    t: usize,
+    accumulate: bool,
+) -> KResult {
+    let (n, kk) = (w.rows, w.cols);
+    k::f32_to_f16(s, x, &mut g.x16, t, kk)?;
+    let rows_per = (g.w16.len() / kk).clamp(1, n);
+    let rb = k::row_bytes(w.ty, kk)?;
+    let mut r0 = 0;
+    while r0 < n {
+        let m = rows_per.min(n - r0);
+        let wv = w.buf.slice(r0 * rb..(r0 + m) * rb);
+        k::dequantize(
+            s,
+            w.ty,
+            &wv,
+            &mut g.w16,
+            cuda_sys::wk_dtype::WK_TYPE_F16,
+            m,
+            kk,
+        )?;
+        k::gemm_f16(&g.blas, s, &g.w16, m, &g.x16, t, kk, out, n, r0, accumulate)?;
+        r0 += m;
+    }
+    if let Some(b) = bias {
+        k::add_bias(s, out, b, t, n)?;
+    }
+    Ok(())
 }
 
 /// Sizes of the activation buffers, in elements; `bytes` is their total.
@@ -73,7 +165,12 @@ pub fn heads(c: &ModelConfig) -> Heads {
 }
 
 impl Activations {
-    pub fn new(s: &Arc<CudaStream>, c: &ModelConfig, p: &ActPlan) -> Result<Self, DriverError> {
+    pub fn new(
+        s: &Arc<CudaStream>,
+        c: &ModelConfig,
+        p: &ActPlan,
+        gemm: Option<Gemm>,
+    ) -> Result<Self, DriverError> {
         let f = |n: usize| s.alloc_zeros::<f32>(p.cap * n);
         Ok(Activations {
             cap: p.cap,
@@ -89,6 +186,7 @@ impl Activations {
             q8: s.alloc_zeros(p.q8_bytes)?,
             attn_scratch: s.alloc_zeros(p.attn_scratch.max(1))?,
             max_ctx: p.max_ctx,
+            gemm,
         })
     }
 }
@@ -179,21 +277,57 @@ pub fn layer(
     let neox = c.arch.rope_style == crate::model::RopeStyle::Neox;
     let a = act;
 
+    let use_gemm = t >= GEMM_MIN_T && a.gemm.is_some();
+
     // Attention.
-    norm_for(
+    if use_gemm {
+        k::rmsnorm(s, &a.x, &l.attn_norm, &mut a.h, t, d, eps)?;
+    } else {
+        norm_for(
+            s,
+            &a.x,
+            &l.attn_norm,
+            &[&l.wq, &l.wk, &l.wv],
+            &mut a.h,
+            &mut a.q8,
+            t,
+            d,
+            eps,
+        )?;
+    }
+    matmul_any(
         s,
-        &a.x,
-        &l.attn_norm,
-        &[&l.wq, &l.wk, &l.wv],
-        &mut a.h,
-        &mut a.q8,
+        gm(&mut a.gemm, use_gemm),
+        &l.wq,
+        &a.h,
+        &a.q8,
+        l.bq.as_ref(),
+        &mut a.q,
         t,
-        d,
-        eps,
+        false,
     )?;
-    matmul(s, &l.wq, &a.h, &a.q8, l.bq.as_ref(), &mut a.q, t, false)?;
-    matmul(s, &l.wk, &a.h, &a.q8, l.bk.as_ref(), &mut a.k, t, false)?;
-    matmul(s, &l.wv, &a.h, &a.q8, l.bv.as_ref(), &mut a.v, t, false)?;
+    matmul_any(
+        s,
+        gm(&mut a.gemm, use_gemm),
+        &l.wk,
+        &a.h,
+        &a.q8,
+        l.bk.as_ref(),
+        &mut a.k,
+        t,
+        false,
+    )?;
+    matmul_any(
+        s,
+        gm(&mut a.gemm, use_gemm),
+        &l.wv,
+        &a.h,
+        &a.q8,
+        l.bv.as_ref(),
+        &mut a.v,
+        t,
+        false,
+    )?;
     k::rope_kv_write(
         s,
         &mut a.q,
@@ -210,30 +344,97 @@ pub fn layer(
     } else {
         k::attention_prefill(s, &a.q, cache, idx, &mut a.a, hd)?;
     }
-    if l.wo.is_quantized() {
+    if !use_gemm && l.wo.is_quantized() {
         k::quantize_q8_1(s, &a.a, &mut a.q8, t, c.q_dim())?;
     }
-    matmul(s, &l.wo, &a.a, &a.q8, None, &mut a.x, t, true)?;
+    matmul_any(
+        s,
+        gm(&mut a.gemm, use_gemm),
+        &l.wo,
+        &a.a,
+        &a.q8,
+        None,
+        &mut a.x,
+        t,
+        true,
+    )?;
 
     // MLP.
-    norm_for(
+    if use_gemm {
+        k::rmsnorm(s, &a.x, &l.ffn_norm, &mut a.h, t, d, eps)?;
+    } else {
+        norm_for(
+            s,
+            &a.x,
+            &l.ffn_norm,
+            &[&l.w_gate, &l.w_up],
+            &mut a.h,
+            &mut a.q8,
+            t,
+            d,
+            eps,
+        )?;
+    }
+    matmul_any(
         s,
-        &a.x,
-        &l.ffn_norm,
-        &[&l.w_gate, &l.w_up],
-        &mut a.h,
-        &mut a.q8,
+        gm(&mut a.gemm, use_gemm),
+        &l.w_gate,
+        &a.h,
+        &a.q8,
+        None,
+        &mut a.gate,
         t,
-        d,
-        eps,
+        false,
     )?;
-    matmul(s, &l.w_gate, &a.h, &a.q8, None, &mut a.gate, t, false)?;
-    matmul(s, &l.w_up, &a.h, &a.q8, None, &mut a.up, t, false)?;
+    matmul_any(
+        s,
+        gm(&mut a.gemm, use_gemm),
+        &l.w_up,
+        &a.h,
+        &a.q8,
+        None,
+        &mut a.up,
+        t,
+        false,
+    )?;
     k::silu_mul_inplace(s, &mut a.gate, &a.up, t * c.d_ff)?;
-    if l.w_down.is_quantized() {
+    if !use_gemm && l.w_down.is_quantized() {
         k::quantize_q8_1(s, &a.gate, &mut a.q8, t, c.d_ff)?;
     }
-    matmul(s, &l.w_down, &a.gate, &a.q8, None, &mut a.x, t, true)
+    matmul_any(
+        s,
+        gm(&mut a.gemm, use_gemm),
+        &l.w_down,
+        &a.gate,
+        &a.q8,
+        None,
+        &mut a.x,
+        t,
+        true,
+    )
+}
+
+fn gm(g: &mut Option<Gemm>, on: bool) -> Option<&mut Gemm> {
+    if on { g.as_mut() } else { None }
+}
+
+/// [`matmul_gemm`] when `gemm` is given, [`matmul`] otherwise.
+#[allow(clippy::too_many_arguments)]
+fn matmul_any(
+    s: &CudaStream,
+    gemm: Option<&mut Gemm>,
+    w: &DeviceMatrix,
+    xf: &CudaSlice<f32>,
+    q8: &CudaSlice<u8>,
+    bias: Option<&CudaSlice<f32>>,
+    out: &mut CudaSlice<f32>,
+    t: usize,
+    accumulate: bool,
+) -> KResult {
+    match gemm {
+        Some(g) => matmul_gemm(s, g, w, xf, bias, &mut out.slice_mut(..), t, accumulate),
+        None => matmul(s, w, xf, q8, bias, out, t, accumulate),
+    }
 }
 
 /// Buffers of the output head: the final hidden rows that want logits, normalized, and the
@@ -273,6 +474,21 @@ pub fn output_head(
     let (d, v) = (c.d_model, c.vocab_size);
     k::rmsnorm(s, &out.xf, &w.output_norm, &mut out.hf, r, d, c.rms_eps)?;
     let head = w.output();
+    if r >= GEMM_MIN_T
+        && let Some(g) = act.gemm.as_mut()
+    {
+        // Row chunks that fit the f16 activation scratch.
+        let per = (g.x16.len() / d).max(1);
+        let mut r0 = 0;
+        while r0 < r {
+            let n = per.min(r - r0);
+            let hf = out.hf.slice(r0 * d..(r0 + n) * d);
+            let mut lg = out.logits.slice_mut(r0 * v..(r0 + n) * v);
+            matmul_gemm(s, g, head, &hf, None, &mut lg, n, false)?;
+            r0 += n;
+        }
+        return Ok(());
+    }
     let mut r0 = 0;
     while r0 < r {
         let n = (r - r0).min(act.cap);

@@ -14,7 +14,7 @@
 //! launch that used it; the pointer never escapes this module.
 
 use cuda_sys::{self as sys, KernelError, wk_dtype, wk_rope_mode};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut};
 use std::ffi::c_void;
 
 use super::kv::{KvIndex, LayerCache};
@@ -685,6 +685,7 @@ pub struct SampleOut<
 }
 
 /// Samples one token from `logits [v]` with the uniform draw in `u [1]` (device memory).
+#[allow(clippy::too_many_arguments)]
 pub fn sample<A, B, C, D>(
     s: &CudaStream,
     logits: &impl DevicePtr<f32>,
@@ -738,5 +739,99 @@ where
             ti,
             tl,
         )
+    })
+}
+
+// ---- prompt path: f16 GEMM through cuBLAS ------------------------------------------------------
+
+/// `out [n, k]` f16 bits = `x [n, k]` f32 (activations for the tensor-core GEMM).
+pub fn f32_to_f16(
+    s: &CudaStream,
+    x: &impl DevicePtr<f32>,
+    out: &mut impl DevicePtrMut<u16>,
+    n: usize,
+    k: usize,
+) -> KResult {
+    need("f32_to_f16 x", x.len(), n * k)?;
+    need("f32_to_f16 out", out.len(), n * k)?;
+    let (ni, ki) = (int("N", n)?, int("K", k)?);
+    // SAFETY: sizes checked above; an F32 "matrix" dequantized to F16 is a conversion.
+    sys::check(unsafe {
+        sys::wk_dequantize(
+            stream_handle(s),
+            wk_dtype::WK_TYPE_F32,
+            rd(x, s) as *const c_void,
+            wr(out, s) as *mut c_void,
+            wk_dtype::WK_TYPE_F16,
+            ni,
+            ki,
+        )
+    })
+}
+
+/// Columns `col0 .. col0 + m` of `out [t, ldc]` (f32, row-major) (+)= `x [t, k] · w [m, k]ᵀ`,
+/// with `w` and `x` f16 bits, f32 accumulation (cuBLAS `GemmEx`, tensor cores). `blas` must be
+/// bound to stream `s`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f16(
+    blas: &cudarc::cublas::CudaBlas,
+    s: &CudaStream,
+    w: &impl DevicePtr<u16>,
+    m: usize,
+    x: &impl DevicePtr<u16>,
+    t: usize,
+    k: usize,
+    out: &mut CudaViewMut<'_, f32>,
+    ldc: usize,
+    col0: usize,
+    accumulate: bool,
+) -> KResult {
+    use cudarc::cublas::{result as cr, sys as cs};
+    need("gemm w", w.len(), m * k)?;
+    need("gemm x", x.len(), t * k)?;
+    if t == 0 || m == 0 {
+        return Ok(());
+    }
+    if col0 + m > ldc {
+        return Err(invalid(format!(
+            "gemm: columns {col0}..{} exceed the row width {ldc}",
+            col0 + m
+        )));
+    }
+    need("gemm out", out.len(), (t - 1) * ldc + col0 + m)?;
+    let (mi, ti, ki, ldci) = (int("m", m)?, int("t", t)?, int("k", k)?, int("ldc", ldc)?);
+    let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+    let mut view = out.slice_mut(col0..);
+    let (wp, xp, op) = (rd(w, s), rd(x, s), wr(&mut view, s));
+    // Column-major view of the row-major data: out^T [m, t] (ld ldc) = w [k, m]^T · x^T [k, t].
+    // SAFETY: sizes checked above (w: m*k, x: t*k, out: (t-1)*ldc + m from col0); the handle's
+    // stream is `s`, so the GEMM is ordered with every other launch of the backend; alpha and
+    // beta are host scalars (the handle's default pointer mode).
+    unsafe {
+        cr::gemm_ex(
+            *blas.handle(),
+            cs::cublasOperation_t::CUBLAS_OP_T,
+            cs::cublasOperation_t::CUBLAS_OP_N,
+            mi,
+            ti,
+            ki,
+            &alpha as *const f32 as *const c_void,
+            wp as *const c_void,
+            cs::cudaDataType::CUDA_R_16F,
+            ki,
+            xp as *const c_void,
+            cs::cudaDataType::CUDA_R_16F,
+            ki,
+            &beta as *const f32 as *const c_void,
+            op as *mut c_void,
+            cs::cudaDataType::CUDA_R_32F,
+            ldci,
+            cs::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cs::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| KernelError {
+        code: -100,
+        message: format!("cublasGemmEx: {e:?}"),
     })
 }

@@ -55,6 +55,10 @@ pub struct CudaConfig {
     pub max_logit_rows: usize,
     /// Cap on the VRAM this backend may use (None: the free device memory).
     pub max_vram_bytes: Option<u64>,
+    /// Chunks of more than 8 tokens (prompts) go through cuBLAS f16 GEMMs on weights dequantized
+    /// to f16 in row chunks; off (or without libcublas) they use the dp4a matvec like decode.
+    /// `WORKER_ORCD_PROMPT_GEMM=0` turns it off.
+    pub prompt_gemm: bool,
 }
 
 impl Default for CudaConfig {
@@ -64,15 +68,19 @@ impl Default for CudaConfig {
             max_decode_seqs: 64,
             max_logit_rows: 64,
             max_vram_bytes: None,
+            prompt_gemm: true,
         }
     }
 }
 
 impl CudaConfig {
-    /// The defaults, with `max_vram_bytes` from `WORKER_ORCD_VRAM_BUDGET` when set.
+    /// The defaults, with `max_vram_bytes` from `WORKER_ORCD_VRAM_BUDGET` when set and the prompt
+    /// GEMM off when `WORKER_ORCD_PROMPT_GEMM=0`.
     pub fn from_env() -> Self {
+        let gemm_off = std::env::var("WORKER_ORCD_PROMPT_GEMM").is_ok_and(|v| v.trim() == "0");
         CudaConfig {
             max_vram_bytes: device::budget_from_env(),
+            prompt_gemm: !gemm_off,
             ..Default::default()
         }
     }
@@ -223,7 +231,12 @@ impl CudaBackend {
         let ap = ActPlan::new(c, cap, cfg.max_decode_seqs.max(1), max_ctx)
             .map_err(CudaInitError::Unsupported)?;
         let table = table_entries(cfg, num_blocks);
-        let activations = ap.bytes(c) + KvIndex::bytes_for(cap, table);
+        let gemm = if use_gemm(cfg) {
+            forward::Gemm::bytes_for(c, cap)
+        } else {
+            0
+        };
+        let activations = ap.bytes(c) + KvIndex::bytes_for(cap, table) + gemm;
         let logits = OutputBuffers::bytes_for(c, cfg.max_logit_rows.max(1));
         let sampler = Sampler::bytes_for(c.vocab_size).map_err(CudaInitError::Unsupported)?;
         Ok(VramPlan {
@@ -249,7 +262,10 @@ impl CudaBackend {
                 c.head_dim
             )));
         }
-        if c.d_model % 32 != 0 || c.d_ff % 32 != 0 || c.q_dim() % 32 != 0 {
+        if !(c.d_model.is_multiple_of(32)
+            && c.d_ff.is_multiple_of(32)
+            && c.q_dim().is_multiple_of(32))
+        {
             return Err(CudaInitError::Unsupported(
                 "widths must be multiples of 32 (q8_1 activations)".into(),
             ));
@@ -297,7 +313,12 @@ impl CudaBackend {
         let max_ctx = max_decode_ctx(&c, num_blocks);
         let ap = ActPlan::new(&c, cap, cfg.max_decode_seqs.max(1), max_ctx)
             .map_err(CudaInitError::Unsupported)?;
-        let act = Activations::new(&s, &c, &ap).map_err(|e| oom_or("activations", e))?;
+        let gemm = if use_gemm(&cfg) {
+            Some(forward::Gemm::new(&s, &c, cap).map_err(CudaInitError::Cuda)?)
+        } else {
+            None
+        };
+        let act = Activations::new(&s, &c, &ap, gemm).map_err(|e| oom_or("activations", e))?;
         let idx = KvIndex::new(&s, cap, table_entries(&cfg, num_blocks))
             .map_err(|e| oom_or("the KV index", e))?;
         let out =
@@ -327,6 +348,11 @@ impl CudaBackend {
             bytes_used: needed,
             device_name,
         })
+    }
+
+    /// Whether prompts (chunks of more than 8 tokens) run through the cuBLAS GEMM path.
+    pub fn uses_prompt_gemm(&self) -> bool {
+        self.act.gemm.is_some()
     }
 
     /// The VRAM plan this backend was started with.
@@ -634,6 +660,20 @@ impl CudaBackend {
 #[derive(Clone, Copy)]
 enum TraceBuf {
     X,
+}
+
+/// Whether the prompt GEMM path is on: asked for, and libcublas can be loaded.
+fn use_gemm(cfg: &CudaConfig) -> bool {
+    if !cfg.prompt_gemm {
+        return false;
+    }
+    let present = device::cublas_present();
+    if !present {
+        tracing::warn!(
+            "libcublas not found: prompts use the matvec path (set LD_LIBRARY_PATH to CUDA's lib64)"
+        );
+    }
+    present
 }
 
 /// Widest decode attention launch: a table of `num_blocks` blocks, but no wider than the model's
