@@ -1,7 +1,5 @@
 //! Device selection: the one place that decides which backend serves the model.
 
-#[cfg(feature = "cuda")]
-use anyhow::Context;
 use std::sync::Arc;
 use worker_core::engine::{Backend, EngineConfig};
 use worker_core::model::Model;
@@ -48,16 +46,31 @@ pub fn make_backend(
         Some(Device::Cuda(ordinal)) => cuda_backend(model, cfg, ordinal),
         None => {
             #[cfg(feature = "cuda")]
-            match cuda_backend(model, cfg, 0) {
-                Ok(b) => return Ok(b),
-                Err(e) => {
-                    tracing::warn!("no usable GPU ({e:#}); FALLING BACK TO THE CPU BACKEND (slow)")
+            match worker_core::cuda::CudaBackend::new(model.clone(), kv_tokens(cfg), 0) {
+                Ok(b) => return Ok(Box::new(b)),
+                // Only "no GPU here" falls back; a GPU that is present but too small or
+                // failing is an error the operator must see (no silent host fallback).
+                Err(e @ worker_core::cuda::CudaInitError::NoDevice { .. }) => {
+                    tracing::warn!("{e}; FALLING BACK TO THE CPU BACKEND (slow)")
                 }
+                Err(e) => return Err(cuda_error(e, 0)),
             }
             #[cfg(not(feature = "cuda"))]
             tracing::warn!("built without CUDA support: RUNNING ON THE CPU BACKEND (slow)");
             make_backend(Some(Device::Cpu), model, cfg)
         }
+    }
+}
+
+/// Names the contract's code for a start-up failure that is about memory.
+#[cfg(feature = "cuda")]
+fn cuda_error(e: worker_core::cuda::CudaInitError, ordinal: usize) -> anyhow::Error {
+    match e {
+        worker_core::cuda::CudaInitError::InsufficientVram { .. } => {
+            anyhow::anyhow!("INSUFFICIENT_VRAM: {e}")
+        }
+        other => anyhow::Error::new(other)
+            .context(format!("starting the CUDA backend on cuda:{ordinal}")),
     }
 }
 
@@ -68,7 +81,7 @@ fn cuda_backend(
     ordinal: usize,
 ) -> anyhow::Result<Box<dyn Backend>> {
     let b = worker_core::cuda::CudaBackend::new(model.clone(), kv_tokens(cfg), ordinal)
-        .with_context(|| format!("starting the CUDA backend on cuda:{ordinal}"))?;
+        .map_err(|e| cuda_error(e, ordinal))?;
     Ok(Box::new(b))
 }
 
