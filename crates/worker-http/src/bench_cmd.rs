@@ -30,8 +30,8 @@ pub struct BenchArgs {
     #[arg(short = 'p', long, value_delimiter = ',', default_value = "512")]
     prompt: Vec<usize>,
     /// Tokens to generate per tg test; 0 for none.
-    #[arg(short = 'n', long, default_value_t = 128)]
-    gen: usize,
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
     /// Context depths before the tg tests, comma separated.
     #[arg(short = 'd', long, value_delimiter = ',', default_value = "0")]
     depth: Vec<usize>,
@@ -61,8 +61,8 @@ pub fn run(args: BenchArgs, process_start: Instant) -> anyhow::Result<()> {
     let model = Arc::new(model);
     let cfg = BenchConfig {
         prompt_sizes: args.prompt.iter().copied().filter(|&p| p > 0).collect(),
-        gen_tokens: args.gen,
-        depths: if args.gen == 0 { Vec::new() } else { args.depth.clone() },
+        gen_tokens: args.n_gen,
+        depths: if args.n_gen == 0 { Vec::new() } else { args.depth.clone() },
         repetitions: args.reps.max(1),
         prefill_chunk: args.prefill_chunk,
     };
