@@ -23,12 +23,26 @@ fn golden(name: &str) -> PathBuf {
 fn log_golden_prompts(model: Model, log: &Path) {
     let tokenizer = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
     let sink = orch_log_sink(log);
-    let cfg = EngineConfig { max_batch: 1, ctx_size: 512, ..Default::default() };
-    let engine = EngineHandle::spawn_with_log(Box::new(CpuBackend::new(Arc::new(model), 512)), tokenizer, cfg, Some(sink));
+    let cfg = EngineConfig {
+        max_batch: 1,
+        ctx_size: 512,
+        ..Default::default()
+    };
+    let engine = EngineHandle::spawn_with_log(
+        Box::new(CpuBackend::new(Arc::new(model), 512)),
+        tokenizer,
+        cfg,
+        Some(sink),
+    );
     let text = std::fs::read_to_string(golden("greedy_llamacpp.jsonl")).expect("golden prompts");
     for line in text.lines().filter(|l| !l.is_empty()) {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();
-        let prompt: Vec<u32> = case["prompt_tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let prompt: Vec<u32> = case["prompt_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let mut req = GenerateRequest::greedy(prompt, 4);
         req.ignore_eos = true;
         req.trace_name = Some(case["name"].as_str().unwrap().to_owned());
@@ -53,7 +67,8 @@ fn report(ours: &Path, reference: &str) -> parity::Report {
 }
 
 fn default_model() -> Model {
-    let path = worker_core::fetch::resolve_model(worker_core::fetch::DEFAULT_MODEL).expect("the default model");
+    let path = worker_core::fetch::resolve_model(worker_core::fetch::DEFAULT_MODEL)
+        .expect("the default model");
     Model::load(path).expect("loading the model")
 }
 
@@ -68,18 +83,36 @@ fn cpu_log_has_no_failure_against_either_reference_and_a_broken_layer_is_pinpoin
     hf.render(&mut out, true).unwrap();
     eprintln!("vs HF:\n{}", String::from_utf8_lossy(&out));
     assert!(hf.divergences.is_empty(), "{:?}", hf.divergences);
-    assert!(hf.rows.len() >= 10 * 4 * 27, "compared only {} checkpoints", hf.rows.len());
-    assert!(!hf.failed_at(Band::Fail), "the CPU backend fails against HF");
+    assert!(
+        hf.rows.len() >= 10 * 4 * 27,
+        "compared only {} checkpoints",
+        hf.rows.len()
+    );
+    assert!(
+        !hf.failed_at(Band::Fail),
+        "the CPU backend fails against HF"
+    );
 
     let llama = report(&log, "parity_llamacpp.jsonl");
-    assert!(llama.rows.len() >= 10 * 4, "compared only {} logits lines", llama.rows.len());
-    assert!(!llama.failed_at(Band::Fail), "the CPU backend fails against llama.cpp");
+    assert!(
+        llama.rows.len() >= 10 * 4,
+        "compared only {} logits lines",
+        llama.rows.len()
+    );
+    assert!(
+        !llama.failed_at(Band::Fail),
+        "the CPU backend fails against llama.cpp"
+    );
 
     // Break layer 5: negate its attention-norm weights in a copy of the file. Everything before
     // layer.5 must stay as good as before; the report must name layer.5 first.
     let path = worker_core::fetch::resolve_model(worker_core::fetch::DEFAULT_MODEL).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
-    let t = GgufFile::open(&path).unwrap().tensor("blk.5.attn_norm.weight").unwrap().clone();
+    let t = GgufFile::open(&path)
+        .unwrap()
+        .tensor("blk.5.attn_norm.weight")
+        .unwrap()
+        .clone();
     for chunk in bytes[t.offset as usize..(t.offset + t.size_bytes) as usize].chunks_exact_mut(4) {
         let v = -f32::from_le_bytes(chunk.try_into().unwrap());
         chunk.copy_from_slice(&v.to_le_bytes());
@@ -89,5 +122,8 @@ fn cpu_log_has_no_failure_against_either_reference_and_a_broken_layer_is_pinpoin
     log_golden_prompts(broken, &log2);
     let bad = report(&log2, "parity_hf.jsonl");
     let first = bad.first_bad().expect("a broken layer must be reported");
-    assert_eq!(first.checkpoint, "layer.5", "first bad checkpoint: {first:?}");
+    assert_eq!(
+        first.checkpoint, "layer.5",
+        "first bad checkpoint: {first:?}"
+    );
 }

@@ -26,7 +26,13 @@ pub struct BenchConfig {
 
 impl Default for BenchConfig {
     fn default() -> Self {
-        BenchConfig { prompt_sizes: vec![512], gen_tokens: 128, depths: vec![0], repetitions: 3, prefill_chunk: 512 }
+        BenchConfig {
+            prompt_sizes: vec![512],
+            gen_tokens: 128,
+            depths: vec![0],
+            repetitions: 3,
+            prefill_chunk: 512,
+        }
     }
 }
 
@@ -53,15 +59,22 @@ pub struct BenchResult {
 }
 
 /// Runs the configured tests on `backend`.
-pub fn run(backend: &mut dyn Backend, vocab: usize, cfg: &BenchConfig) -> Result<Vec<BenchResult>, BackendError> {
+pub fn run(
+    backend: &mut dyn Backend,
+    vocab: usize,
+    cfg: &BenchConfig,
+) -> Result<Vec<BenchResult>, BackendError> {
     let bs = backend.kv_block_size();
     let need = cfg.kv_tokens_needed();
     if need.div_ceil(bs) > backend.kv_num_blocks() {
-        return Err(BackendError::Invalid(format!("the KV pool is smaller than the {need} positions this bench needs")));
+        return Err(BackendError::Invalid(format!(
+            "the KV pool is smaller than the {need} positions this bench needs"
+        )));
     }
     let table: Vec<u32> = (0..need.div_ceil(bs) as u32).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1234);
-    let mut random_tokens = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab as u32)).collect() };
+    let mut random_tokens =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab as u32)).collect() };
     let mut results = Vec::new();
 
     // Warm-up: one short prompt and a few decode steps (kernel loading, caches, graph capture).
@@ -91,7 +104,11 @@ pub fn run(backend: &mut dyn Backend, vocab: usize, cfg: &BenchConfig) -> Result
             decode(backend, cfg.gen_tokens, depth, last, &table)?;
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
-        let name = if depth == 0 { format!("tg{}", cfg.gen_tokens) } else { format!("tg{} @ d{depth}", cfg.gen_tokens) };
+        let name = if depth == 0 {
+            format!("tg{}", cfg.gen_tokens)
+        } else {
+            format!("tg{} @ d{depth}", cfg.gen_tokens)
+        };
         results.push(summarize(name, cfg.gen_tokens, depth, times));
     }
     Ok(results)
@@ -109,8 +126,19 @@ fn prefill(
     let mut pos = start;
     for c in tokens.chunks(chunk.max(1)) {
         let last = pos + c.len() == start + tokens.len();
-        let logits = if last { LogitsWanted::Last } else { LogitsWanted::None };
-        backend.forward(&[BatchItem { tokens: c, start_pos: pos, block_table: table, logits, trace: None, cancel: None }])?;
+        let logits = if last {
+            LogitsWanted::Last
+        } else {
+            LogitsWanted::None
+        };
+        backend.forward(&[BatchItem {
+            tokens: c,
+            start_pos: pos,
+            block_table: table,
+            logits,
+            trace: None,
+            cancel: None,
+        }])?;
         pos += c.len();
     }
     greedy(backend, tokens)
@@ -118,15 +146,34 @@ fn prefill(
 
 fn greedy(backend: &mut dyn Backend, history: &[u32]) -> Result<u32, BackendError> {
     let params = SamplingParams::greedy();
-    let s = backend.sample(&[SampleRequest { row: 0, params: &params, history, uniform: 0.0, logprobs: None }])?;
+    let s = backend.sample(&[SampleRequest {
+        row: 0,
+        params: &params,
+        history,
+        uniform: 0.0,
+        logprobs: None,
+    }])?;
     Ok(s[0].token)
 }
 
 /// Decodes `n` tokens one at a time from position `pos`, feeding each sampled token back.
-fn decode(backend: &mut dyn Backend, n: usize, mut pos: usize, mut token: u32, table: &[u32]) -> Result<(), BackendError> {
+fn decode(
+    backend: &mut dyn Backend,
+    n: usize,
+    mut pos: usize,
+    mut token: u32,
+    table: &[u32],
+) -> Result<(), BackendError> {
     for _ in 0..n {
         let t = [token];
-        backend.forward(&[BatchItem { tokens: &t, start_pos: pos, block_table: table, logits: LogitsWanted::Last, trace: None, cancel: None }])?;
+        backend.forward(&[BatchItem {
+            tokens: &t,
+            start_pos: pos,
+            block_table: table,
+            logits: LogitsWanted::Last,
+            trace: None,
+            cancel: None,
+        }])?;
         token = greedy(backend, &t)?;
         pos += 1;
     }
@@ -134,9 +181,16 @@ fn decode(backend: &mut dyn Backend, n: usize, mut pos: usize, mut token: u32, t
 }
 
 fn summarize(test: String, tokens: usize, depth: usize, times_ms: Vec<f64>) -> BenchResult {
-    let tps: Vec<f64> = times_ms.iter().map(|ms| tokens as f64 / (ms / 1e3)).collect();
+    let tps: Vec<f64> = times_ms
+        .iter()
+        .map(|ms| tokens as f64 / (ms / 1e3))
+        .collect();
     let mean = tps.iter().sum::<f64>() / tps.len() as f64;
-    let var = if tps.len() > 1 { tps.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (tps.len() - 1) as f64 } else { 0.0 };
+    let var = if tps.len() > 1 {
+        tps.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (tps.len() - 1) as f64
+    } else {
+        0.0
+    };
     BenchResult {
         test,
         tokens,
@@ -150,7 +204,8 @@ fn summarize(test: String, tokens: usize, depth: usize, times_ms: Vec<f64>) -> B
 
 /// A markdown table in llama-bench's shape.
 pub fn format_table(model: &str, device: &str, results: &[BenchResult]) -> String {
-    let mut s = String::from("| model | device | test | reps | t/s |\n| --- | --- | --- | ---: | ---: |\n");
+    let mut s =
+        String::from("| model | device | test | reps | t/s |\n| --- | --- | --- | ---: | ---: |\n");
     for r in results {
         s.push_str(&format!(
             "| {model} | {device} | {} | {} | {:.2} ± {:.2} |\n",
@@ -173,7 +228,12 @@ mod tests {
 
     #[test]
     fn kv_budget_covers_the_largest_test() {
-        let c = BenchConfig { prompt_sizes: vec![512, 2048], gen_tokens: 128, depths: vec![0, 4096], ..Default::default() };
+        let c = BenchConfig {
+            prompt_sizes: vec![512, 2048],
+            gen_tokens: 128,
+            depths: vec![0, 4096],
+            ..Default::default()
+        };
         assert_eq!(c.kv_tokens_needed(), 4096 + 128 + 1);
     }
 }

@@ -2,15 +2,16 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the code map.
 
-pub mod gguf;
-pub mod quant;
-pub mod tokenizer;
-pub mod fetch;
-pub mod cpu;
-pub mod engine;
-pub mod model;
-pub mod sampling;
-pub mod trace;
-#[cfg(feature = "cuda")] pub mod cuda;
 pub mod bench;
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod engine;
+pub mod fetch;
+pub mod gguf;
+pub mod model;
+pub mod quant;
+pub mod sampling;
 pub mod synth;
+pub mod tokenizer;
+pub mod trace;

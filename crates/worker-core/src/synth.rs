@@ -2,8 +2,8 @@
 //! (valid) weights, so a GPU machine gets a full-size model in seconds instead of moving 491 MB.
 //! Speed is the real model's; for correctness compare backends on the same synthetic file.
 
-use crate::gguf::writer::{GgufWriteError, GgufWriter};
 use crate::gguf::Value;
+use crate::gguf::writer::{GgufWriteError, GgufWriter};
 use crate::quant::{self, GgmlType};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -54,11 +54,18 @@ impl SynthSpec {
 }
 
 /// Special tokens of the synthetic vocabulary (the Qwen2 ids).
-const SPECIALS: [(u32, &str); 3] = [(151_643, "<|endoftext|>"), (151_644, "<|im_start|>"), (151_645, "<|im_end|>")];
+const SPECIALS: [(u32, &str); 3] = [
+    (151_643, "<|endoftext|>"),
+    (151_644, "<|im_start|>"),
+    (151_645, "<|im_end|>"),
+];
 
 /// GPT-2's byte-to-character table: byte b is written as this char in byte-level BPE vocabularies.
 fn byte_chars() -> Vec<char> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut chars = vec!['\0'; 256];
     for &b in &printable {
         chars[b as usize] = char::from_u32(b).expect("latin-1");
@@ -78,7 +85,10 @@ fn metadata(w: &mut GgufWriter, s: &SynthSpec) {
     let a = "qwen2";
     let u32v = |x: usize| Value::U32(x as u32);
     w.add_metadata("general.architecture", Value::String(a.into()));
-    w.add_metadata("general.name", Value::String("synthetic qwen2 0.5B (random weights)".into()));
+    w.add_metadata(
+        "general.name",
+        Value::String("synthetic qwen2 0.5B (random weights)".into()),
+    );
     w.add_metadata(format!("{a}.block_count"), u32v(s.n_layers));
     w.add_metadata(format!("{a}.context_length"), u32v(s.context_length));
     w.add_metadata(format!("{a}.embedding_length"), u32v(s.d_model));
@@ -86,7 +96,10 @@ fn metadata(w: &mut GgufWriter, s: &SynthSpec) {
     w.add_metadata(format!("{a}.attention.head_count"), u32v(s.n_heads));
     w.add_metadata(format!("{a}.attention.head_count_kv"), u32v(s.n_kv_heads));
     w.add_metadata(format!("{a}.rope.freq_base"), Value::F32(s.rope_base));
-    w.add_metadata(format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(s.rms_eps));
+    w.add_metadata(
+        format!("{a}.attention.layer_norm_rms_epsilon"),
+        Value::F32(s.rms_eps),
+    );
     // A byte-level vocabulary: 256 byte tokens, filler tokens, and the special tokens. No merges,
     // so text encodes byte by byte: enough for benchmarks and backend comparisons.
     let bytes = byte_chars();
@@ -114,14 +127,31 @@ fn metadata(w: &mut GgufWriter, s: &SynthSpec) {
 
 /// (name, dims, type) of every tensor, in the real file's order within a layer.
 fn tensor_list(s: &SynthSpec) -> Vec<(String, Vec<u64>, GgmlType)> {
-    let (d, f, q, kv) = (s.d_model as u64, s.d_ff as u64, (s.n_heads * (s.d_model / s.n_heads)) as u64, (s.n_kv_heads * (s.d_model / s.n_heads)) as u64);
+    let (d, f, q, kv) = (
+        s.d_model as u64,
+        s.d_ff as u64,
+        (s.n_heads * (s.d_model / s.n_heads)) as u64,
+        (s.n_kv_heads * (s.d_model / s.n_heads)) as u64,
+    );
     let mut t = vec![
-        ("token_embd.weight".to_string(), vec![d, s.vocab as u64], s.embd_type),
+        (
+            "token_embd.weight".to_string(),
+            vec![d, s.vocab as u64],
+            s.embd_type,
+        ),
         ("output_norm.weight".to_string(), vec![d], GgmlType::F32),
-        ("output.weight".to_string(), vec![d, s.vocab as u64], s.output_type),
+        (
+            "output.weight".to_string(),
+            vec![d, s.vocab as u64],
+            s.output_type,
+        ),
     ];
     for i in 0..s.n_layers {
-        let (v_ty, down_ty) = if s.high_bit_layers.contains(&i) { s.high_bit } else { s.low_bit };
+        let (v_ty, down_ty) = if s.high_bit_layers.contains(&i) {
+            s.high_bit
+        } else {
+            s.low_bit
+        };
         let n = |x: &str| format!("blk.{i}.{x}");
         t.extend([
             (n("attn_norm.weight"), vec![d], GgmlType::F32),
@@ -146,19 +176,32 @@ fn tensor_bytes(name: &str, dims: &[u64], ty: GgmlType, seed: u64) -> Vec<u8> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n: u64 = dims.iter().product();
     if ty == GgmlType::F32 {
-        let (center, spread) = if name.ends_with("norm.weight") { (1.0f32, 0.2f32) } else { (0.0, 0.05) };
-        return (0..n).flat_map(|_| (center + rng.random_range(-spread..=spread)).to_le_bytes()).collect();
+        let (center, spread) = if name.ends_with("norm.weight") {
+            (1.0f32, 0.2f32)
+        } else {
+            (0.0, 0.05)
+        };
+        return (0..n)
+            .flat_map(|_| (center + rng.random_range(-spread..=spread)).to_le_bytes())
+            .collect();
     }
     quant::random_blocks(ty, (n / ty.block_elements() as u64) as usize, &mut rng)
 }
 
 /// Writes a synthetic model to `out`; the same seed gives the same file.
-pub fn write_synthetic(spec: &SynthSpec, seed: u64, out: impl Write) -> Result<u64, GgufWriteError> {
+pub fn write_synthetic(
+    spec: &SynthSpec,
+    seed: u64,
+    out: impl Write,
+) -> Result<u64, GgufWriteError> {
     let mut w = GgufWriter::new();
     metadata(&mut w, spec);
     let list = tensor_list(spec);
-    let data: Vec<Vec<u8>> =
-        list.par_iter().enumerate().map(|(i, (name, dims, ty))| tensor_bytes(name, dims, *ty, seed ^ (i as u64) << 20)).collect();
+    let data: Vec<Vec<u8>> = list
+        .par_iter()
+        .enumerate()
+        .map(|(i, (name, dims, ty))| tensor_bytes(name, dims, *ty, seed ^ (i as u64) << 20))
+        .collect();
     for ((name, dims, ty), bytes) in list.into_iter().zip(data) {
         w.add_tensor(name, &dims, ty, bytes)?;
     }
@@ -194,13 +237,19 @@ mod tests {
         };
         let mut bytes = Vec::new();
         write_synthetic(&spec, 7, &mut bytes).unwrap();
-        let model = crate::model::Model::from_gguf(crate::gguf::GgufFile::from_bytes(bytes).unwrap()).unwrap();
+        let model =
+            crate::model::Model::from_gguf(crate::gguf::GgufFile::from_bytes(bytes).unwrap())
+                .unwrap();
         assert_eq!(model.config.n_layers, 2);
         assert_eq!(model.config.head_dim, 16);
         assert_eq!(model.weights.layers[1].wv.ty, GgmlType::Q8_0);
         assert_eq!(model.weights.layers[0].w_down.ty, GgmlType::Q4K);
         let tok = crate::tokenizer::Tokenizer::from_gguf(&model.file).unwrap();
         assert_eq!(tok.encode("<|im_end|>", true).unwrap(), vec![151_645]);
-        assert_eq!(tok.decode(&tok.encode("hi there", true).unwrap(), false).unwrap(), "hi there");
+        assert_eq!(
+            tok.decode(&tok.encode("hi there", true).unwrap(), false)
+                .unwrap(),
+            "hi there"
+        );
     }
 }

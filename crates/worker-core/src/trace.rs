@@ -22,19 +22,34 @@ impl Tracer {
 
     /// Whether `layer.N` is logged at all (so a backend can skip the copy).
     pub fn wants_layer(&self, layer: usize) -> bool {
-        self.sink.as_ref().is_some_and(|s| s.is_enabled() && s.wants_layer(layer as u32))
+        self.sink
+            .as_ref()
+            .is_some_and(|s| s.is_enabled() && s.wants_layer(layer as u32))
     }
 
     /// Logs the trailing rows of `data` ([rows, width]) for `item`: the chunk's last position,
     /// or every position of the chunk when the sink asks for prefill positions.
-    pub fn record(&mut self, trace: Option<&TraceInfo>, stage: Stage, item: &BatchItem<'_>, data: &[f32], width: usize) {
-        let (Some(sink), Some(trace)) = (self.sink.as_mut(), trace) else { return };
+    pub fn record(
+        &mut self,
+        trace: Option<&TraceInfo>,
+        stage: Stage,
+        item: &BatchItem<'_>,
+        data: &[f32],
+        width: usize,
+    ) {
+        let (Some(sink), Some(trace)) = (self.sink.as_mut(), trace) else {
+            return;
+        };
         if !sink.is_enabled() || width == 0 {
             return;
         }
         let rows = data.len() / width;
         let t = item.tokens.len();
-        let first = if sink.wants_prefill() { 0 } else { rows.saturating_sub(1) };
+        let first = if sink.wants_prefill() {
+            0
+        } else {
+            rows.saturating_sub(1)
+        };
         for r in first..rows {
             // Row r of `rows` trailing rows is chunk token t - rows + r.
             let ti = t - rows + r;

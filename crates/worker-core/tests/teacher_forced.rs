@@ -12,7 +12,11 @@ use worker_core::model::Model;
 #[test]
 fn cpu_backend_matches_hf_teacher_forced() {
     let mut backend = CpuBackend::new(common::default_model(), 512);
-    teacher::check_teacher_forced(&mut backend, "cpu qwen2", &common::golden_lines("teacher_forced_hf.jsonl"));
+    teacher::check_teacher_forced(
+        &mut backend,
+        "cpu qwen2",
+        &common::golden_lines("teacher_forced_hf.jsonl"),
+    );
 }
 
 #[test]

@@ -49,8 +49,10 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs, process_start: Instant) -> anyhow::Result<()> {
     let (model, label) = if args.synthetic {
         let mut bytes = Vec::new();
-        write_synthetic(&SynthSpec::qwen2_0_5b(), 1, &mut bytes).context("writing the synthetic model")?;
-        let m = Model::from_gguf(GgufFile::from_bytes(bytes)?).context("loading the synthetic model")?;
+        write_synthetic(&SynthSpec::qwen2_0_5b(), 1, &mut bytes)
+            .context("writing the synthetic model")?;
+        let m = Model::from_gguf(GgufFile::from_bytes(bytes)?)
+            .context("loading the synthetic model")?;
         (m, "qwen2 0.5B synthetic".to_string())
     } else {
         let path = worker_core::fetch::resolve_model(&args.model).context("finding the model")?;
@@ -62,17 +64,26 @@ pub fn run(args: BenchArgs, process_start: Instant) -> anyhow::Result<()> {
     let cfg = BenchConfig {
         prompt_sizes: args.prompt.iter().copied().filter(|&p| p > 0).collect(),
         gen_tokens: args.n_gen,
-        depths: if args.n_gen == 0 { Vec::new() } else { args.depth.clone() },
+        depths: if args.n_gen == 0 {
+            Vec::new()
+        } else {
+            args.depth.clone()
+        },
         repetitions: args.reps.max(1),
         prefill_chunk: args.prefill_chunk,
     };
-    let engine_cfg = EngineConfig { max_batch: 1, ctx_size: cfg.kv_tokens_needed(), ..Default::default() };
+    let engine_cfg = EngineConfig {
+        max_batch: 1,
+        ctx_size: cfg.kv_tokens_needed(),
+        ..Default::default()
+    };
     let mut backend = make_backend(args.device, &model, &engine_cfg)?;
     let ready_ms = process_start.elapsed().as_secs_f64() * 1e3;
     let device = backend.info().device;
     eprintln!("{label} on {device}: ready {ready_ms:.0} ms after process start; running {cfg:?}");
 
-    let results = bench::run(backend.as_mut(), model.config.vocab_size, &cfg).context("benchmark")?;
+    let results =
+        bench::run(backend.as_mut(), model.config.vocab_size, &cfg).context("benchmark")?;
     println!("{}", bench::format_table(&label, &device, &results));
     println!("process start to ready: {ready_ms:.0} ms");
     if let Some(path) = &args.json {
@@ -91,7 +102,10 @@ pub fn run(args: BenchArgs, process_start: Instant) -> anyhow::Result<()> {
 
 /// UTC date and time (seconds since the epoch, formatted) without a date-time dependency.
 fn chrono_like_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -103,5 +117,10 @@ fn chrono_like_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

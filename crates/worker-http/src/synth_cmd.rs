@@ -18,9 +18,14 @@ pub struct SynthArgs {
 
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
-    let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let file = std::fs::File::create(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let bytes = write_synthetic(&SynthSpec::qwen2_0_5b(), args.seed, BufWriter::new(file))
         .with_context(|| format!("writing {}", args.out.display()))?;
-    eprintln!("wrote {} ({bytes} bytes) in {:.1} s", args.out.display(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} ({bytes} bytes) in {:.1} s",
+        args.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

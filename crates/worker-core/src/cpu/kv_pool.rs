@@ -28,7 +28,8 @@ impl KvPool {
     /// Offset of position `pos` of a sequence with `table` within a layer's buffer.
     #[inline]
     pub fn offset(&self, table: &[u32], pos: usize) -> usize {
-        (table[pos / self.block_size] as usize * self.block_size + pos % self.block_size) * self.kv_dim
+        (table[pos / self.block_size] as usize * self.block_size + pos % self.block_size)
+            * self.kv_dim
     }
 
     pub fn write(&mut self, layer: usize, table: &[u32], pos: usize, k: &[f32], v: &[f32]) {

@@ -16,11 +16,13 @@ pub fn matmul(w: &QMatrix, x: &[f32], t: usize, out: &mut [f32]) {
     assert_eq!(x.len(), t * k, "{}: input is not [{t}, {k}]", w.name);
     assert_eq!(out.len(), t * n, "{}: output is not [{t}, {n}]", w.name);
     if t == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, chunk)| {
-            for (i, o) in chunk.iter_mut().enumerate() {
-                *o = quant::dot_row(w.ty, w.row(c * ROWS_PER_TASK + i), x);
-            }
-        });
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (i, o) in chunk.iter_mut().enumerate() {
+                    *o = quant::dot_row(w.ty, w.row(c * ROWS_PER_TASK + i), x);
+                }
+            });
         return;
     }
     for (xt, ot) in x.chunks(TOKEN_TILE * k).zip(out.chunks_mut(TOKEN_TILE * n)) {
@@ -34,11 +36,13 @@ fn matmul_tile(w: &QMatrix, x: &[f32], out: &mut [f32]) {
     let t = x.len() / k;
     // Compute [n, t] (contiguous per weight row), then transpose into [t, n].
     let mut nt = vec![0.0f32; n * t];
-    nt.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(c, chunk)| {
-        for (i, o) in chunk.chunks_exact_mut(t).enumerate() {
-            quant::dot_rows_multi(w.ty, w.row(c * ROWS_PER_TASK + i), x, k, o);
-        }
-    });
+    nt.par_chunks_mut(ROWS_PER_TASK * t)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for (i, o) in chunk.chunks_exact_mut(t).enumerate() {
+                quant::dot_rows_multi(w.ty, w.row(c * ROWS_PER_TASK + i), x, k, o);
+            }
+        });
     for (ti, orow) in out.chunks_exact_mut(n).enumerate() {
         for (ni, o) in orow.iter_mut().enumerate() {
             *o = nt[ni * t + ti];

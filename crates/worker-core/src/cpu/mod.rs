@@ -8,14 +8,16 @@ pub mod ops;
 
 pub use matmul::matmul;
 
-use crate::engine::{Backend, BackendError, BackendInfo, BatchItem, LogitsWanted, SampleRequest, Sampled};
 use crate::engine::TokenLogprob;
+use crate::engine::{
+    Backend, BackendError, BackendInfo, BatchItem, LogitsWanted, SampleRequest, Sampled,
+};
 use crate::model::Model;
 use crate::sampling;
 use crate::trace::Tracer;
 use attention::{AttnShape, attention};
-use orch_log::Stage;
 use kv_pool::KvPool;
+use orch_log::Stage;
 use std::sync::Arc;
 
 /// Tokens per KV block.
@@ -37,7 +39,13 @@ impl CpuBackend {
         let num_blocks = kv_tokens.div_ceil(KV_BLOCK_SIZE).max(1);
         let pool = KvPool::new(c.n_layers, num_blocks, KV_BLOCK_SIZE, c.kv_dim());
         let inv_freq = ops::rope_inv_freq(c.rope_base, c.head_dim);
-        CpuBackend { model, pool, inv_freq, logits: Vec::new(), tracer: Tracer::default() }
+        CpuBackend {
+            model,
+            pool,
+            inv_freq,
+            logits: Vec::new(),
+            tracer: Tracer::default(),
+        }
     }
 
     fn vocab(&self) -> usize {
@@ -59,10 +67,18 @@ impl CpuBackend {
         let (d, qd, kvd) = (c.d_model, c.q_dim(), c.kv_dim());
         let needed = item.start_pos + t;
         if item.block_table.len() * KV_BLOCK_SIZE < needed {
-            return Err(BackendError::Invalid(format!("block table covers fewer than {needed} positions")));
+            return Err(BackendError::Invalid(format!(
+                "block table covers fewer than {needed} positions"
+            )));
         }
-        if let Some(&bad) = item.block_table.iter().find(|&&b| b as usize >= self.pool.num_blocks) {
-            return Err(BackendError::Invalid(format!("KV block {bad} is outside the pool")));
+        if let Some(&bad) = item
+            .block_table
+            .iter()
+            .find(|&&b| b as usize >= self.pool.num_blocks)
+        {
+            return Err(BackendError::Invalid(format!(
+                "KV block {bad} is outside the pool"
+            )));
         }
         let positions: Vec<usize> = (item.start_pos..needed).collect();
         let trace = item.trace.as_ref();
@@ -70,13 +86,19 @@ impl CpuBackend {
         let mut x = vec![0.0f32; t * d];
         for (row, &tok) in x.chunks_exact_mut(d).zip(item.tokens) {
             if tok as usize >= c.vocab_size {
-                return Err(BackendError::Invalid(format!("token id {tok} is outside the vocabulary")));
+                return Err(BackendError::Invalid(format!(
+                    "token id {tok} is outside the vocabulary"
+                )));
             }
             w.token_embd.dequantize_row(tok as usize, row);
         }
         self.tracer.record(trace, Stage::Embedding, item, &x, d);
 
-        let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
         let mut h = vec![0.0f32; t * d];
         let mut q = vec![0.0f32; t * qd];
         let mut k = vec![0.0f32; t * kvd];
@@ -106,12 +128,38 @@ impl CpuBackend {
                     ops::add_bias(m, b);
                 }
             }
-            ops::rope(&mut q, &positions, c.n_heads, &self.inv_freq, c.arch.rope_style);
-            ops::rope(&mut k, &positions, c.n_kv_heads, &self.inv_freq, c.arch.rope_style);
+            ops::rope(
+                &mut q,
+                &positions,
+                c.n_heads,
+                &self.inv_freq,
+                c.arch.rope_style,
+            );
+            ops::rope(
+                &mut k,
+                &positions,
+                c.n_kv_heads,
+                &self.inv_freq,
+                c.arch.rope_style,
+            );
             for (i, &p) in positions.iter().enumerate() {
-                self.pool.write(li, item.block_table, p, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+                self.pool.write(
+                    li,
+                    item.block_table,
+                    p,
+                    &k[i * kvd..(i + 1) * kvd],
+                    &v[i * kvd..(i + 1) * kvd],
+                );
             }
-            attention(&q, &self.pool, li, item.block_table, item.start_pos, &shape, &mut a);
+            attention(
+                &q,
+                &self.pool,
+                li,
+                item.block_table,
+                item.start_pos,
+                &shape,
+                &mut a,
+            );
             matmul(&l.wo, &a, t, &mut o);
             ops::add_in_place(&mut x, &o);
 
@@ -122,7 +170,8 @@ impl CpuBackend {
             matmul(&l.w_down, &g, t, &mut o);
             ops::add_in_place(&mut x, &o);
             if self.tracer.wants_layer(li) {
-                self.tracer.record(trace, Stage::Layer(li as u32), item, &x, d);
+                self.tracer
+                    .record(trace, Stage::Layer(li as u32), item, &x, d);
             }
         }
 
@@ -134,12 +183,14 @@ impl CpuBackend {
         let n_rows = n_logit_rows;
         let mut normed = vec![0.0f32; rows.len()];
         ops::rmsnorm(rows, &w.output_norm, c.rms_eps, &mut normed);
-        self.tracer.record(trace, Stage::FinalNorm, item, &normed, d);
+        self.tracer
+            .record(trace, Stage::FinalNorm, item, &normed, d);
         let start = self.logits.len();
         self.logits.resize(start + n_rows * c.vocab_size, 0.0);
         matmul(&w.output, &normed, n_rows, &mut self.logits[start..]);
         let new = &self.logits[start..];
-        self.tracer.record(trace, Stage::Logits, item, new, c.vocab_size);
+        self.tracer
+            .record(trace, Stage::Logits, item, new, c.vocab_size);
         Ok(())
     }
 }
@@ -178,15 +229,23 @@ impl Backend for CpuBackend {
             .iter()
             .map(|r| {
                 let logits = self.row(r.row)?;
-                let (token, logprob) = sampling::sample_host(logits, r.params, r.history, r.uniform, r.logprobs);
+                let (token, logprob) =
+                    sampling::sample_host(logits, r.params, r.history, r.uniform, r.logprobs);
                 Ok(Sampled { token, logprob })
             })
             .collect()
     }
 
-    fn token_logprob(&mut self, row: usize, token: u32, n: usize) -> Result<TokenLogprob, BackendError> {
+    fn token_logprob(
+        &mut self,
+        row: usize,
+        token: u32,
+        n: usize,
+    ) -> Result<TokenLogprob, BackendError> {
         if token as usize >= self.vocab() {
-            return Err(BackendError::Invalid(format!("token id {token} is outside the vocabulary")));
+            return Err(BackendError::Invalid(format!(
+                "token id {token} is outside the vocabulary"
+            )));
         }
         Ok(sampling::token_logprob(self.row(row)?, token, n))
     }
@@ -203,4 +262,3 @@ impl Backend for CpuBackend {
         self.tracer.flush();
     }
 }
-

@@ -40,15 +40,24 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 /// Inverse frequencies `base^(-2i/head_dim)` for i in 0..head_dim/2, computed in f32 as
 /// HF transformers does.
 pub fn rope_inv_freq(base: f32, head_dim: usize) -> Vec<f32> {
-    (0..head_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect()
+    (0..head_dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
+        .collect()
 }
 
 /// Rotates every head of `x` ([T, n_heads, head_dim]) by its token's position.
-pub fn rope(x: &mut [f32], positions: &[usize], n_heads: usize, inv_freq: &[f32], style: RopeStyle) {
+pub fn rope(
+    x: &mut [f32],
+    positions: &[usize],
+    n_heads: usize,
+    inv_freq: &[f32],
+    style: RopeStyle,
+) {
     let hd = inv_freq.len() * 2;
     let half = hd / 2;
     for (row, &pos) in x.chunks_exact_mut(n_heads * hd).zip(positions) {
-        let (sin, cos): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|&f| (pos as f32 * f).sin_cos()).unzip();
+        let (sin, cos): (Vec<f32>, Vec<f32>) =
+            inv_freq.iter().map(|&f| (pos as f32 * f).sin_cos()).unzip();
         for head in row.chunks_exact_mut(hd) {
             for i in 0..half {
                 let (a, b) = match style {
@@ -86,10 +95,14 @@ mod tests {
         assert_eq!(inv[0], 1.0);
         let mut x = vec![1.0, 0.0, 0.0, 0.0];
         rope(&mut x, &[1], 1, &inv, RopeStyle::Neox);
-        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6 && x[1] == 0.0);
+        assert!(
+            (x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6 && x[1] == 0.0
+        );
         let mut y = vec![1.0, 0.0, 0.0, 0.0];
         rope(&mut y, &[1], 1, &inv, RopeStyle::Adjacent);
-        assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[1] - 1f32.sin()).abs() < 1e-6 && y[2] == 0.0);
+        assert!(
+            (y[0] - 1f32.cos()).abs() < 1e-6 && (y[1] - 1f32.sin()).abs() < 1e-6 && y[2] == 0.0
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! only sampled ids (and requested log-probabilities) come back.
 
 use super::request::TokenLogprob;
-use std::sync::atomic::{AtomicBool, Ordering};
 use crate::sampling::SamplingParams;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Which positions of a chunk need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +107,12 @@ pub trait Backend: Send {
     fn sample(&mut self, requests: &[SampleRequest<'_>]) -> Result<Vec<Sampled>, BackendError>;
 
     /// Log-probability of `token` at `row`, with the top `n` alternatives (prompt logprobs).
-    fn token_logprob(&mut self, row: usize, token: u32, n: usize) -> Result<TokenLogprob, BackendError>;
+    fn token_logprob(
+        &mut self,
+        row: usize,
+        token: u32,
+        n: usize,
+    ) -> Result<TokenLogprob, BackendError>;
 
     /// A whole logits row copied to the host (tests, parity tools; not the hot path).
     fn logits(&mut self, row: usize) -> Result<Vec<f32>, BackendError>;

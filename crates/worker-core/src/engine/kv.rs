@@ -12,7 +12,11 @@ pub struct BlockAllocator {
 impl BlockAllocator {
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
         // Reverse so that blocks are handed out in increasing order (easier to read in logs).
-        BlockAllocator { block_size, total: num_blocks, free: (0..num_blocks as u32).rev().collect() }
+        BlockAllocator {
+            block_size,
+            total: num_blocks,
+            free: (0..num_blocks as u32).rev().collect(),
+        }
     }
 
     pub fn block_size(&self) -> usize {

@@ -10,7 +10,9 @@ mod request;
 mod sequence;
 mod stop;
 
-pub use backend::{Backend, BackendError, BackendInfo, BatchItem, LogitsWanted, SampleRequest, Sampled, TraceInfo};
+pub use backend::{
+    Backend, BackendError, BackendInfo, BatchItem, LogitsWanted, SampleRequest, Sampled, TraceInfo,
+};
 pub use kv::BlockAllocator;
 pub use request::{Event, GenerateRequest, SeqId, StopReason, Timings, TokenLogprob, Usage};
 pub use stop::{StopMatcher, StopOutcome};
@@ -51,7 +53,12 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_batch: 1, prefill_chunk: 512, ctx_size: 4096, max_queue: 64 }
+        EngineConfig {
+            max_batch: 1,
+            prefill_chunk: 512,
+            ctx_size: 4096,
+            max_queue: 64,
+        }
     }
 }
 
@@ -107,14 +114,20 @@ pub struct EngineHandle {
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineHandle").field("config", &self.config).finish()
+        f.debug_struct("EngineHandle")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 impl EngineHandle {
     /// Starts the engine thread, which takes ownership of `backend`. Checkpoint logging is on
     /// when `ORCH_LOG_FILE` is set (see orch-log).
-    pub fn spawn(backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> Self {
+    pub fn spawn(
+        backend: Box<dyn Backend>,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+    ) -> Self {
         let sink = orch_log::Sink::from_env().unwrap_or_else(|e| {
             tracing::warn!("checkpoint logging disabled: {e}");
             None
@@ -132,7 +145,15 @@ impl EngineHandle {
         let (tx, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         let live = Arc::new(Mutex::new(HashMap::new()));
-        let mut engine = Engine::new(backend, tokenizer.clone(), config.clone(), stats.clone(), rx, live.clone(), sink);
+        let mut engine = Engine::new(
+            backend,
+            tokenizer.clone(),
+            config.clone(),
+            stats.clone(),
+            rx,
+            live.clone(),
+            sink,
+        );
         let thread = std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || engine.run())
@@ -185,13 +206,20 @@ impl EngineHandle {
             first_token: None,
         };
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        self.live.lock().expect("live map").insert(id, cancel.clone());
+        self.live
+            .lock()
+            .expect("live map")
+            .insert(id, cancel.clone());
         if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
             self.live.lock().expect("live map").remove(&id);
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(EngineError::ShuttingDown);
         }
-        Ok(Submission { id, events: erx, cancel })
+        Ok(Submission {
+            id,
+            events: erx,
+            cancel,
+        })
     }
 
     /// Cancels a request by id (idempotent; unknown ids are ignored). Takes effect within
@@ -219,7 +247,9 @@ fn validate(req: &GenerateRequest, cfg: &EngineConfig, vocab: usize) -> Result<(
         return bad("the prompt has no tokens".into());
     }
     if let Some(t) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
-        return bad(format!("token id {t} is outside the vocabulary (size {vocab})"));
+        return bad(format!(
+            "token id {t} is outside the vocabulary (size {vocab})"
+        ));
     }
     if req.prompt.len() >= cfg.ctx_size {
         return bad(format!(
@@ -259,7 +289,9 @@ impl Engine {
         sink: Option<orch_log::Sink>,
     ) -> Self {
         let kv = BlockAllocator::new(backend.kv_num_blocks(), backend.kv_block_size());
-        stats.kv_blocks_total.store(kv.total() as u64, Ordering::Relaxed);
+        stats
+            .kv_blocks_total
+            .store(kv.total() as u64, Ordering::Relaxed);
         let mut backend = backend;
         let tracing = sink.is_some();
         backend.set_log_sink(sink);
@@ -330,7 +362,11 @@ impl Engine {
             }
             Command::Shutdown { cancel_running } => {
                 self.draining = true;
-                let running = if cancel_running { &self.running[..] } else { &[] };
+                let running = if cancel_running {
+                    &self.running[..]
+                } else {
+                    &[]
+                };
                 for s in self.waiting.iter().map(|b| &**b).chain(running) {
                     s.cancel.store(true, Ordering::Relaxed);
                 }
@@ -363,7 +399,9 @@ impl Engine {
     /// a running sequence never fails for lack of KV memory; new work waits instead.
     fn admit(&mut self) {
         while self.running.len() < self.config.max_batch {
-            let Some(seq) = self.waiting.front() else { break };
+            let Some(seq) = self.waiting.front() else {
+                break;
+            };
             let budget = (seq.n_prompt() + seq.req.max_tokens).min(self.config.ctx_size);
             if self.kv.blocks_for(budget) > self.kv.total() {
                 let seq = self.waiting.pop_front().expect("front exists");
@@ -380,8 +418,14 @@ impl Engine {
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
             seq.block_table = table;
-            seq.send(Event::Started { seq: seq.id, seed: seq.seed, prompt_tokens: seq.n_prompt() });
-            self.stats.prompt_tokens.fetch_add(seq.n_prompt() as u64, Ordering::Relaxed);
+            seq.send(Event::Started {
+                seq: seq.id,
+                seed: seq.seed,
+                prompt_tokens: seq.n_prompt(),
+            });
+            self.stats
+                .prompt_tokens
+                .fetch_add(seq.n_prompt() as u64, Ordering::Relaxed);
             self.running.push(*seq);
         }
     }
@@ -391,7 +435,11 @@ impl Engine {
         let mut plan = Vec::with_capacity(self.running.len());
         for s in &self.running {
             let start = s.n_cached;
-            let end = if s.in_prefill() { (start + self.config.prefill_chunk).min(s.n_prompt()) } else { s.tokens.len() };
+            let end = if s.in_prefill() {
+                (start + self.config.prefill_chunk).min(s.n_prompt())
+            } else {
+                s.tokens.len()
+            };
             let completes = end == s.tokens.len();
             let logits = if s.in_prefill() && s.req.prompt_logprobs.is_some() {
                 LogitsWanted::All
@@ -476,7 +524,10 @@ impl Engine {
             return;
         }
 
-        let uniforms: Vec<f32> = to_sample.iter().map(|&(i, _)| self.running[i].rng.next_uniform()).collect();
+        let uniforms: Vec<f32> = to_sample
+            .iter()
+            .map(|&(i, _)| self.running[i].rng.next_uniform())
+            .collect();
         let requests: Vec<SampleRequest<'_>> = to_sample
             .iter()
             .zip(&uniforms)
@@ -545,11 +596,19 @@ impl Engine {
             None
         };
         let mut text = out.emit;
-        if matches!(reason, Some(StopReason::MaxTokens | StopReason::ContextFull)) {
+        if matches!(
+            reason,
+            Some(StopReason::MaxTokens | StopReason::ContextFull)
+        ) {
             text.push_str(&s.decoder.finish());
             text.push_str(&s.stop.flush());
         }
-        s.send(Event::Token { id: smp.token, text, index: s.generated - 1, logprob: smp.logprob });
+        s.send(Event::Token {
+            id: smp.token,
+            text,
+            index: s.generated - 1,
+            logprob: smp.logprob,
+        });
         reason
     }
 
@@ -561,7 +620,12 @@ impl Engine {
             tail.push_str(&s.stop.flush());
             if !tail.is_empty() {
                 let last = *s.tokens.last().expect("non-empty");
-                s.send(Event::Token { id: last, text: tail, index: s.generated.saturating_sub(1), logprob: None });
+                s.send(Event::Token {
+                    id: last,
+                    text: tail,
+                    index: s.generated.saturating_sub(1),
+                    logprob: None,
+                });
             }
         }
         s.finish(reason);
@@ -586,7 +650,11 @@ impl Engine {
     }
 
     fn publish_stats(&self) {
-        self.stats.running.store(self.running.len() as u64, Ordering::Relaxed);
-        self.stats.kv_blocks_used.store(self.kv.used() as u64, Ordering::Relaxed);
+        self.stats
+            .running
+            .store(self.running.len() as u64, Ordering::Relaxed);
+        self.stats
+            .kv_blocks_used
+            .store(self.kv.used() as u64, Ordering::Relaxed);
     }
 }

@@ -102,11 +102,25 @@ pub struct Timings {
 /// one of `Finished` or `Error`.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Started { seq: SeqId, seed: u64, prompt_tokens: usize },
+    Started {
+        seq: SeqId,
+        seed: u64,
+        prompt_tokens: usize,
+    },
     PromptLogprobs(Vec<Option<TokenLogprob>>),
     /// `text` is the decoded text this token completes (valid UTF-8, possibly empty when a
     /// character or a possible stop string is still incomplete).
-    Token { id: u32, text: String, index: usize, logprob: Option<TokenLogprob> },
-    Finished { reason: StopReason, usage: Usage, timings: Timings, seed: u64 },
+    Token {
+        id: u32,
+        text: String,
+        index: usize,
+        logprob: Option<TokenLogprob>,
+    },
+    Finished {
+        reason: StopReason,
+        usage: Usage,
+        timings: Timings,
+        seed: u64,
+    },
     Error(super::EngineError),
 }

@@ -53,11 +53,26 @@ impl Sequence {
         let now = Instant::now();
         let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
         let timings = Timings {
-            ttft_ms: self.first_token.map(|t| ms(self.submitted, t)).unwrap_or(0.0),
-            prefill_ms: self.prefill_done.map(|t| ms(self.submitted, t)).unwrap_or(0.0),
+            ttft_ms: self
+                .first_token
+                .map(|t| ms(self.submitted, t))
+                .unwrap_or(0.0),
+            prefill_ms: self
+                .prefill_done
+                .map(|t| ms(self.submitted, t))
+                .unwrap_or(0.0),
             decode_ms: self.prefill_done.map(|t| ms(t, now)).unwrap_or(0.0),
         };
-        let usage = Usage { prompt_tokens: self.n_prompt(), completion_tokens: self.generated, cached_tokens: 0 };
-        let _ = self.events.send(Event::Finished { reason, usage, timings, seed: self.seed });
+        let usage = Usage {
+            prompt_tokens: self.n_prompt(),
+            completion_tokens: self.generated,
+            cached_tokens: 0,
+        };
+        let _ = self.events.send(Event::Finished {
+            reason,
+            usage,
+            timings,
+            seed: self.seed,
+        });
     }
 }

@@ -20,16 +20,26 @@ pub struct StopOutcome {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        StopMatcher { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), held: String::new() }
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            held: String::new(),
+        }
     }
 
     pub fn push(&mut self, piece: &str) -> StopOutcome {
         if self.stops.is_empty() {
-            return StopOutcome { emit: piece.to_owned(), matched: None };
+            return StopOutcome {
+                emit: piece.to_owned(),
+                matched: None,
+            };
         }
         self.held.push_str(piece);
         // The earliest complete match wins.
-        let first = self.stops.iter().filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s))).min_by_key(|(i, _)| *i);
+        let first = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s)))
+            .min_by_key(|(i, _)| *i);
         if let Some((i, s)) = first {
             let emit = self.held[..i].to_owned();
             let matched = Some(s.clone());
@@ -46,7 +56,10 @@ impl StopMatcher {
         let cut = self.held.len() - keep;
         let emit = self.held[..cut].to_owned();
         self.held.drain(..cut);
-        StopOutcome { emit, matched: None }
+        StopOutcome {
+            emit,
+            matched: None,
+        }
     }
 
     /// Releases held text at the end of generation (no stop string matched).
@@ -60,7 +73,11 @@ fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     let max = text.len().min(stop.len().saturating_sub(1));
     (1..=max)
         .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n)
+                && stop.is_char_boundary(n)
+                && text.ends_with(&stop[..n])
+        })
         .unwrap_or(0)
 }
 
@@ -84,7 +101,10 @@ mod tests {
 
     #[test]
     fn match_across_tokens_is_not_emitted() {
-        assert_eq!(run(&["\n\n"], &["Hello", "\n", "\nWorld"]), ("Hello".into(), Some("\n\n".into())));
+        assert_eq!(
+            run(&["\n\n"], &["Hello", "\n", "\nWorld"]),
+            ("Hello".into(), Some("\n\n".into()))
+        );
     }
 
     #[test]
@@ -99,13 +119,22 @@ mod tests {
 
     #[test]
     fn earliest_match_wins() {
-        assert_eq!(run(&["bc", "ab"], &["xabc"]), ("x".into(), Some("ab".into())));
+        assert_eq!(
+            run(&["bc", "ab"], &["xabc"]),
+            ("x".into(), Some("ab".into()))
+        );
     }
 
     #[test]
     fn multibyte_text() {
-        assert_eq!(run(&["é!"], &["café", "!"]), ("caf".into(), Some("é!".into())));
-        assert_eq!(run(&["日本"], &["今日は日", "曜"]), ("今日は日曜".into(), None));
+        assert_eq!(
+            run(&["é!"], &["café", "!"]),
+            ("caf".into(), Some("é!".into()))
+        );
+        assert_eq!(
+            run(&["日本"], &["今日は日", "曜"]),
+            ("今日は日曜".into(), None)
+        );
     }
 
     #[test]

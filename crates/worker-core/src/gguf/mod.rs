@@ -5,8 +5,8 @@
 //! [`GgufError`], never a panic, a hang or a huge allocation.
 
 mod parse;
-pub mod writer;
 mod value;
+pub mod writer;
 
 pub use value::{Value, ValueType};
 
@@ -25,13 +25,23 @@ pub const MAX_DIMS: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("cannot open {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("not a GGUF file (magic {found:02x?}, expected \"GGUF\")")]
     BadMagic { found: [u8; 4] },
     #[error("unsupported GGUF version {0} (this reader supports version 3)")]
     UnsupportedVersion(u32),
-    #[error("file truncated: needed {needed} bytes at offset {offset} for {what}, file is {len} bytes")]
-    Truncated { what: String, offset: u64, needed: u64, len: u64 },
+    #[error(
+        "file truncated: needed {needed} bytes at offset {offset} for {what}, file is {len} bytes"
+    )]
+    Truncated {
+        what: String,
+        offset: u64,
+        needed: u64,
+        len: u64,
+    },
     #[error("{what}: count {count} is impossible for a file of {len} bytes")]
     AbsurdCount { what: String, count: u64, len: u64 },
     #[error("metadata key {key:?}: unknown value type {code}")]
@@ -47,21 +57,43 @@ pub enum GgufError {
     #[error("tensor {name:?}: {n_dims} dimensions (at most {MAX_DIMS} allowed)")]
     TooManyDims { name: String, n_dims: u32 },
     #[error("tensor {name:?}: dimensions {dims:?} are invalid ({why})")]
-    BadShape { name: String, dims: Vec<u64>, why: &'static str },
+    BadShape {
+        name: String,
+        dims: Vec<u64>,
+        why: &'static str,
+    },
     #[error(
         "tensor {name:?} has type {type_name} (code {code}), which worker-orcd does not support; supported types: {supported}"
     )]
-    UnsupportedType { name: String, code: u32, type_name: &'static str, supported: String },
+    UnsupportedType {
+        name: String,
+        code: u32,
+        type_name: &'static str,
+        supported: String,
+    },
     #[error("tensor {name:?}: offset {offset} is not a multiple of the alignment {alignment}")]
-    MisalignedTensor { name: String, offset: u64, alignment: u64 },
+    MisalignedTensor {
+        name: String,
+        offset: u64,
+        alignment: u64,
+    },
     #[error("tensor {name:?}: bytes {start}..{end} lie past the end of the file ({len} bytes)")]
-    TensorOutOfBounds { name: String, start: u64, end: u64, len: u64 },
+    TensorOutOfBounds {
+        name: String,
+        start: u64,
+        end: u64,
+        len: u64,
+    },
     #[error("tensors {a:?} and {b:?} overlap")]
     OverlappingTensors { a: String, b: String },
     #[error("metadata key {key:?} is missing")]
     MissingKey { key: String },
     #[error("metadata key {key:?} has type {found}, expected {expected}")]
-    WrongType { key: String, expected: &'static str, found: String },
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
 }
 
 /// Where one tensor's bytes are, and what they hold.
@@ -134,7 +166,10 @@ impl GgufFile {
     /// Memory-maps and parses a file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io { path: path.to_owned(), source };
+        let io = |source| GgufError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is read-only. Another process truncating the file while it is
         // mapped would fault; that is the usual, accepted hazard of mapping model files.
@@ -149,8 +184,18 @@ impl GgufFile {
 
     fn from_storage(storage: Storage) -> Result<Self, GgufError> {
         let parsed = parse::parse(storage.bytes())?;
-        let index = parsed.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
-        let tensor_index = parsed.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let index = parsed
+            .metadata
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
+        let tensor_index = parsed
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(GgufFile {
             storage: Arc::new(storage),
             version: parsed.version,
@@ -177,27 +222,37 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_owned() })
+        self.get(key).ok_or_else(|| GgufError::MissingKey {
+            key: key.to_owned(),
+        })
     }
 
     fn wrong(key: &str, expected: &'static str, v: &Value) -> GgufError {
-        GgufError::WrongType { key: key.to_owned(), expected, found: v.type_name().to_owned() }
+        GgufError::WrongType {
+            key: key.to_owned(),
+            expected,
+            found: v.type_name().to_owned(),
+        }
     }
 
     /// An unsigned integer of any width.
     pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| Self::wrong(key, "unsigned integer", v))
+        v.as_u64()
+            .ok_or_else(|| Self::wrong(key, "unsigned integer", v))
     }
 
     pub fn get_usize(&self, key: &str) -> Result<usize, GgufError> {
         let v = self.get_u64(key)?;
-        usize::try_from(v).map_err(|_| Self::wrong(key, "integer that fits in usize", &Value::U64(v)))
+        usize::try_from(v)
+            .map_err(|_| Self::wrong(key, "integer that fits in usize", &Value::U64(v)))
     }
 
     pub fn get_f32(&self, key: &str) -> Result<f32, GgufError> {
         let v = self.require(key)?;
-        v.as_f64().map(|x| x as f32).ok_or_else(|| Self::wrong(key, "number", v))
+        v.as_f64()
+            .map(|x| x as f32)
+            .ok_or_else(|| Self::wrong(key, "number", v))
     }
 
     pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
@@ -219,7 +274,10 @@ impl GgufFile {
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         self.get_array(key)?
             .iter()
-            .map(|v| v.as_str().ok_or_else(|| Self::wrong(key, "array of strings", v)))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| Self::wrong(key, "array of strings", v))
+            })
             .collect()
     }
 
@@ -227,7 +285,10 @@ impl GgufFile {
     pub fn get_int_array(&self, key: &str) -> Result<Vec<i64>, GgufError> {
         self.get_array(key)?
             .iter()
-            .map(|v| v.as_i64().ok_or_else(|| Self::wrong(key, "array of integers", v)))
+            .map(|v| {
+                v.as_i64()
+                    .ok_or_else(|| Self::wrong(key, "array of integers", v))
+            })
             .collect()
     }
 
@@ -237,7 +298,11 @@ impl GgufFile {
         key: &str,
         get: impl FnOnce(&'a Self, &str) -> Result<T, GgufError>,
     ) -> Result<Option<T>, GgufError> {
-        if self.get(key).is_none() { Ok(None) } else { get(self, key).map(Some) }
+        if self.get(key).is_none() {
+            Ok(None)
+        } else {
+            get(self, key).map(Some)
+        }
     }
 
     pub fn tensors(&self) -> &[TensorInfo] {

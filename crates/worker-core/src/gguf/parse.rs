@@ -41,7 +41,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], GgufError> {
-        Ok(self.take(N as u64, what)?.try_into().expect("take returned N bytes"))
+        Ok(self
+            .take(N as u64, what)?
+            .try_into()
+            .expect("take returned N bytes"))
     }
 
     fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, GgufError> {
@@ -57,7 +60,11 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, min_item_len: u64, what: &dyn Fn() -> String) -> Result<u64, GgufError> {
         let n = self.u64(what)?;
         if n.saturating_mul(min_item_len.max(1)) > self.remaining() {
-            return Err(GgufError::AbsurdCount { what: what(), count: n, len: self.bytes.len() as u64 });
+            return Err(GgufError::AbsurdCount {
+                what: what(),
+                count: n,
+                len: self.bytes.len() as u64,
+            });
         }
         Ok(n)
     }
@@ -96,10 +103,16 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
     for i in 0..n_kv {
         let key = c.string(&|| format!("metadata key #{i}"))?;
         let code = c.u32(&|| format!("the type of metadata key {key:?}"))?;
-        let ty = ValueType::from_code(code).ok_or_else(|| GgufError::UnknownValueType { key: key.clone(), code })?;
+        let ty = ValueType::from_code(code).ok_or_else(|| GgufError::UnknownValueType {
+            key: key.clone(),
+            code,
+        })?;
         let value = read_value(&mut c, ty, &key, 0)?;
         if !keys.insert(key.clone()) {
-            return Err(GgufError::Duplicate { what: "metadata key", name: key });
+            return Err(GgufError::Duplicate {
+                what: "metadata key",
+                name: key,
+            });
         }
         metadata.push((key, value));
     }
@@ -130,7 +143,10 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
         let code = c.u32(&|| format!("the type of tensor {name:?}"))?;
         let offset = c.u64(&|| format!("the offset of tensor {name:?}"))?;
         if !names.insert(name.clone()) {
-            return Err(GgufError::Duplicate { what: "tensor", name });
+            return Err(GgufError::Duplicate {
+                what: "tensor",
+                name,
+            });
         }
         raw.push((name, dims, code, offset));
     }
@@ -140,24 +156,41 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, dims, code, offset) in raw {
         let ty = GgmlType::from_code(code).ok_or_else(|| super::unsupported_type(&name, code))?;
-        let bad = |why| GgufError::BadShape { name: name.clone(), dims: dims.clone(), why };
+        let bad = |why| GgufError::BadShape {
+            name: name.clone(),
+            dims: dims.clone(),
+            why,
+        };
         if dims.contains(&0) {
             return Err(bad("a dimension is zero"));
         }
-        let n = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad("element count overflows"))?;
+        let n = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad("element count overflows"))?;
         if dims.first().copied().unwrap_or(1) % ty.block_elements() as u64 != 0 {
-            return Err(bad("the first dimension is not a whole number of quant blocks"));
+            return Err(bad(
+                "the first dimension is not a whole number of quant blocks",
+            ));
         }
         let size_bytes = ty.bytes_for(n).ok_or_else(|| bad("byte size overflows"))?;
         if offset % alignment != 0 {
-            return Err(GgufError::MisalignedTensor { name, offset, alignment });
+            return Err(GgufError::MisalignedTensor {
+                name,
+                offset,
+                alignment,
+            });
         }
         let start = data_offset.checked_add(offset);
         let end = start.and_then(|s| s.checked_add(size_bytes));
         match (start, end) {
-            (Some(start), Some(end)) if end <= len => {
-                tensors.push(TensorInfo { name, dims, ty, offset: start, size_bytes })
-            }
+            (Some(start), Some(end)) if end <= len => tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset: start,
+                size_bytes,
+            }),
             _ => {
                 return Err(GgufError::TensorOutOfBounds {
                     name,
@@ -173,14 +206,28 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
     by_offset.sort_by_key(|t| t.offset);
     for w in by_offset.windows(2) {
         if w[0].offset + w[0].size_bytes > w[1].offset {
-            return Err(GgufError::OverlappingTensors { a: w[0].name.clone(), b: w[1].name.clone() });
+            return Err(GgufError::OverlappingTensors {
+                a: w[0].name.clone(),
+                b: w[1].name.clone(),
+            });
         }
     }
 
-    Ok(Parsed { version, alignment, data_offset, metadata, tensors })
+    Ok(Parsed {
+        version,
+        alignment,
+        data_offset,
+        metadata,
+        tensors,
+    })
 }
 
-fn read_value(c: &mut Cursor<'_>, ty: ValueType, key: &str, depth: usize) -> Result<Value, GgufError> {
+fn read_value(
+    c: &mut Cursor<'_>,
+    ty: ValueType,
+    key: &str,
+    depth: usize,
+) -> Result<Value, GgufError> {
     let what = || format!("the value of metadata key {key:?}");
     Ok(match ty {
         ValueType::U8 => Value::U8(c.array::<1>(&what)?[0]),
@@ -193,7 +240,13 @@ fn read_value(c: &mut Cursor<'_>, ty: ValueType, key: &str, depth: usize) -> Res
         ValueType::Bool => match c.array::<1>(&what)?[0] {
             0 => Value::Bool(false),
             1 => Value::Bool(true),
-            b => return Err(GgufError::WrongType { key: key.into(), expected: "bool (0 or 1)", found: format!("byte {b}") }),
+            b => {
+                return Err(GgufError::WrongType {
+                    key: key.into(),
+                    expected: "bool (0 or 1)",
+                    found: format!("byte {b}"),
+                });
+            }
         },
         ValueType::String => Value::String(c.string(&what)?),
         ValueType::U64 => Value::U64(c.u64(&what)?),
@@ -201,10 +254,16 @@ fn read_value(c: &mut Cursor<'_>, ty: ValueType, key: &str, depth: usize) -> Res
         ValueType::F64 => Value::F64(f64::from_le_bytes(c.array(&what)?)),
         ValueType::Array => {
             if depth >= MAX_ARRAY_DEPTH {
-                return Err(GgufError::NestingTooDeep { key: key.into(), max: MAX_ARRAY_DEPTH });
+                return Err(GgufError::NestingTooDeep {
+                    key: key.into(),
+                    max: MAX_ARRAY_DEPTH,
+                });
             }
             let code = c.u32(&what)?;
-            let elem = ValueType::from_code(code).ok_or_else(|| GgufError::UnknownValueType { key: key.into(), code })?;
+            let elem = ValueType::from_code(code).ok_or_else(|| GgufError::UnknownValueType {
+                key: key.into(),
+                code,
+            })?;
             let n = c.count(elem.min_encoded_len(), &what)?;
             let mut items = Vec::with_capacity(n as usize);
             for _ in 0..n {

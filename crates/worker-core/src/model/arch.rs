@@ -21,11 +21,19 @@ pub struct ArchSpec {
     pub default_rope_base: f32,
 }
 
-pub const QWEN2: ArchSpec =
-    ArchSpec { name: "qwen2", rope_style: RopeStyle::Neox, qkv_bias: true, default_rope_base: 1_000_000.0 };
+pub const QWEN2: ArchSpec = ArchSpec {
+    name: "qwen2",
+    rope_style: RopeStyle::Neox,
+    qkv_bias: true,
+    default_rope_base: 1_000_000.0,
+};
 
-pub const LLAMA: ArchSpec =
-    ArchSpec { name: "llama", rope_style: RopeStyle::Adjacent, qkv_bias: false, default_rope_base: 10_000.0 };
+pub const LLAMA: ArchSpec = ArchSpec {
+    name: "llama",
+    rope_style: RopeStyle::Adjacent,
+    qkv_bias: false,
+    default_rope_base: 10_000.0,
+};
 
 /// Every architecture this build can run.
 pub const SUPPORTED: &[ArchSpec] = &[QWEN2, LLAMA];
@@ -35,5 +43,9 @@ pub fn lookup(name: &str) -> Option<&'static ArchSpec> {
 }
 
 pub fn supported_names() -> String {
-    SUPPORTED.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+    SUPPORTED
+        .iter()
+        .map(|a| a.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -1,7 +1,7 @@
 //! The model description, read from GGUF metadata (never hard-coded).
 
-use super::arch::{self, ArchSpec};
 use super::ModelError;
+use super::arch::{self, ArchSpec};
 use crate::gguf::GgufFile;
 
 /// Dimensions and constants of a decoder-only transformer.
@@ -36,7 +36,9 @@ impl ModelConfig {
         let key = |k: &str| format!("{}.{k}", arch.name);
         let n_heads = file.get_usize(&key("attention.head_count"))?;
         let d_model = file.get_usize(&key("embedding_length"))?;
-        let n_kv_heads = file.opt(&key("attention.head_count_kv"), GgufFile::get_usize)?.unwrap_or(n_heads);
+        let n_kv_heads = file
+            .opt(&key("attention.head_count_kv"), GgufFile::get_usize)?
+            .unwrap_or(n_heads);
         let head_dim = match file.opt(&key("attention.key_length"), GgufFile::get_usize)? {
             Some(h) => h,
             None if n_heads > 0 => d_model / n_heads,
@@ -55,7 +57,9 @@ impl ModelConfig {
             n_heads,
             n_kv_heads,
             head_dim,
-            rope_base: file.opt(&key("rope.freq_base"), GgufFile::get_f32)?.unwrap_or(arch.default_rope_base),
+            rope_base: file
+                .opt(&key("rope.freq_base"), GgufFile::get_f32)?
+                .unwrap_or(arch.default_rope_base),
             rms_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             context_length: file.get_usize(&key("context_length"))?,
             vocab_size,
@@ -66,20 +70,37 @@ impl ModelConfig {
 
     fn validate(&self) -> Result<(), ModelError> {
         let bad = |why: String| Err(ModelError::BadConfig(why));
-        if self.n_layers == 0 || self.d_model == 0 || self.d_ff == 0 || self.n_heads == 0 || self.n_kv_heads == 0 {
+        if self.n_layers == 0
+            || self.d_model == 0
+            || self.d_ff == 0
+            || self.n_heads == 0
+            || self.n_kv_heads == 0
+        {
             return bad(format!("zero dimension in {self:?}"));
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return bad(format!("{} query heads do not divide into {} KV heads", self.n_heads, self.n_kv_heads));
+            return bad(format!(
+                "{} query heads do not divide into {} KV heads",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > 256 {
-            return bad(format!("head_dim {} must be even and at most 256", self.head_dim));
+            return bad(format!(
+                "head_dim {} must be even and at most 256",
+                self.head_dim
+            ));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
-            return bad(format!("rope base {} is not a positive number", self.rope_base));
+            return bad(format!(
+                "rope base {} is not a positive number",
+                self.rope_base
+            ));
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
-            return bad(format!("rms epsilon {} is not a positive number", self.rms_eps));
+            return bad(format!(
+                "rms epsilon {} is not a positive number",
+                self.rms_eps
+            ));
         }
         Ok(())
     }

@@ -23,11 +23,22 @@ pub enum ModelError {
     #[error("tensor {0:?} is missing")]
     MissingTensor(String),
     #[error("tensor {name:?} has shape {found:?}, expected {expected:?}")]
-    BadTensorShape { name: String, expected: Vec<u64>, found: Vec<u64> },
+    BadTensorShape {
+        name: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
     #[error("tensor {name:?} has type {found}, expected {expected}")]
-    BadTensorType { name: String, found: GgmlType, expected: &'static str },
+    BadTensorType {
+        name: String,
+        found: GgmlType,
+        expected: &'static str,
+    },
     #[error("tensors not used by the {arch} architecture: {names:?}")]
-    UnusedTensors { arch: &'static str, names: Vec<String> },
+    UnusedTensors {
+        arch: &'static str,
+        names: Vec<String>,
+    },
 }
 
 /// A loaded model: the mapped file, its description and its weight views.
@@ -46,7 +57,11 @@ impl Model {
     pub fn from_gguf(file: GgufFile) -> Result<Self, ModelError> {
         let config = ModelConfig::from_gguf(&file)?;
         let weights = ModelWeights::from_gguf(&file, &config)?;
-        Ok(Model { file, config, weights })
+        Ok(Model {
+            file,
+            config,
+            weights,
+        })
     }
 
     /// Tensor counts by type, e.g. "121 F32, 133 Q5_0, ...", for the start-up log.
@@ -58,7 +73,11 @@ impl Model {
                 None => counts.push((t.ty, 1)),
             }
         }
-        counts.iter().map(|(t, n)| format!("{n} {t}")).collect::<Vec<_>>().join(", ")
+        counts
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Bytes of all tensors.

@@ -24,7 +24,11 @@ pub struct QMatrix {
 
 impl std::fmt::Debug for QMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QMatrix({} {} {}x{})", self.name, self.ty, self.rows, self.cols)
+        write!(
+            f,
+            "QMatrix({} {} {}x{})",
+            self.name, self.ty, self.rows, self.cols
+        )
     }
 }
 
@@ -100,10 +104,17 @@ struct Claimer<'a> {
 
 impl Claimer<'_> {
     fn info(&mut self, name: &str, dims: &[usize]) -> Result<TensorInfo, ModelError> {
-        let t = self.file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_owned()))?;
+        let t = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_owned()))?;
         let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         if t.dims != want {
-            return Err(ModelError::BadTensorShape { name: name.to_owned(), expected: want, found: t.dims.clone() });
+            return Err(ModelError::BadTensorShape {
+                name: name.to_owned(),
+                expected: want,
+                found: t.dims.clone(),
+            });
         }
         self.claimed.insert(name.to_owned());
         Ok(t.clone())
@@ -119,24 +130,36 @@ impl Claimer<'_> {
     fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.info(name, &[len])?;
         if t.ty.is_quantized() {
-            return Err(ModelError::BadTensorType { name: name.to_owned(), found: t.ty, expected: "a float type" });
+            return Err(ModelError::BadTensorType {
+                name: name.to_owned(),
+                found: t.ty,
+                expected: "a float type",
+            });
         }
         let mut out = vec![0.0; len];
-        quant::dequantize_row(t.ty, self.file.tensor_data(&t), &mut out).expect("size checked by the reader");
+        quant::dequantize_row(t.ty, self.file.tensor_data(&t), &mut out)
+            .expect("size checked by the reader");
         Ok(out)
     }
 }
 
 impl ModelWeights {
     pub fn from_gguf(file: &GgufFile, cfg: &ModelConfig) -> Result<Self, ModelError> {
-        let mut c = Claimer { file, claimed: BTreeSet::new() };
+        let mut c = Claimer {
+            file,
+            claimed: BTreeSet::new(),
+        };
         let d = cfg.d_model;
         let token_embd = c.matrix("token_embd.weight", d, cfg.vocab_size)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
             let bias = |c: &mut Claimer, s: &str, len| -> Result<Option<Vec<f32>>, ModelError> {
-                if cfg.arch.qkv_bias { c.vector(&n(s), len).map(Some) } else { Ok(None) }
+                if cfg.arch.qkv_bias {
+                    c.vector(&n(s), len).map(Some)
+                } else {
+                    Ok(None)
+                }
             };
             layers.push(LayerWeights {
                 attn_norm: c.vector(&n("attn_norm.weight"), d)?,
@@ -159,12 +182,25 @@ impl ModelWeights {
         } else {
             (token_embd.clone(), true)
         };
-        let unused: Vec<String> =
-            file.tensors().iter().map(|t| t.name.clone()).filter(|n| !c.claimed.contains(n)).collect();
+        let unused: Vec<String> = file
+            .tensors()
+            .iter()
+            .map(|t| t.name.clone())
+            .filter(|n| !c.claimed.contains(n))
+            .collect();
         if !unused.is_empty() {
-            return Err(ModelError::UnusedTensors { arch: cfg.arch.name, names: unused });
+            return Err(ModelError::UnusedTensors {
+                arch: cfg.arch.name,
+                names: unused,
+            });
         }
-        Ok(ModelWeights { token_embd, layers, output_norm, output, tied_output })
+        Ok(ModelWeights {
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            tied_output,
+        })
     }
 
     /// Every matrix of the model with its role, for reports and the GPU upload.

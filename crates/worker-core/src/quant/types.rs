@@ -67,7 +67,9 @@ impl GgmlType {
     pub fn block_elements(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => 32,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+                32
+            }
             GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
         }
     }
@@ -158,5 +160,9 @@ pub fn unsupported_type_name(code: u32) -> &'static str {
 
 /// The supported type names, comma separated, for error messages.
 pub fn supported_type_list() -> String {
-    GgmlType::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+    GgmlType::ALL
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -47,13 +47,18 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
     pub fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
     }
 }
 
@@ -91,9 +96,15 @@ pub fn apply_penalties(logits: &mut [f32], p: &SamplingParams, history: &[u32]) 
         }
     }
     for (t, c) in counts {
-        let Some(l) = logits.get_mut(t as usize) else { continue };
+        let Some(l) = logits.get_mut(t as usize) else {
+            continue;
+        };
         if p.repetition_penalty != 1.0 {
-            *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+            *l = if *l > 0.0 {
+                *l / p.repetition_penalty
+            } else {
+                *l * p.repetition_penalty
+            };
         }
         *l -= c as f32 * p.frequency_penalty + p.presence_penalty;
     }
@@ -115,7 +126,11 @@ pub fn sample_from_logits(logits: &[f32], p: &SamplingParams, u: f32) -> u32 {
     if p.is_greedy() {
         return argmax(logits) as u32;
     }
-    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
     let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     // top-k
     if p.top_k > 0 && p.top_k < cand.len() {
@@ -174,7 +189,11 @@ pub fn logsumexp(logits: &[f32]) -> f32 {
 /// The raw model's log-probability of `token` and its top `n` alternatives.
 pub fn token_logprob(logits: &[f32], token: u32, n: usize) -> TokenLogprob {
     let lse = logsumexp(logits);
-    TokenLogprob { token, logprob: logits[token as usize] - lse, top: top_n(logits, n, lse) }
+    TokenLogprob {
+        token,
+        logprob: logits[token as usize] - lse,
+        top: top_n(logits, n, lse),
+    }
 }
 
 /// The `n` largest logits as (id, logprob), most likely first.
@@ -184,13 +203,19 @@ pub fn top_n(logits: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
         return Vec::new();
     }
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let cmp = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
     if n < idx.len() {
         idx.select_nth_unstable_by(n - 1, cmp);
         idx.truncate(n);
     }
     idx.sort_unstable_by(cmp);
-    idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect()
+    idx.into_iter()
+        .map(|i| (i, logits[i as usize] - lse))
+        .collect()
 }
 
 /// The host sampler: penalties, then the chain, plus log-probabilities of the raw logits.
@@ -216,7 +241,10 @@ mod tests {
     use super::*;
 
     fn params(t: f32) -> SamplingParams {
-        SamplingParams { temperature: t, ..Default::default() }
+        SamplingParams {
+            temperature: t,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -237,7 +265,10 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy() {
         let l = [0.0, 1.0, 0.5];
-        let p = SamplingParams { top_k: 1, ..params(1.0) };
+        let p = SamplingParams {
+            top_k: 1,
+            ..params(1.0)
+        };
         for u in [0.0, 0.5, 0.999] {
             assert_eq!(sample_from_logits(&l, &p, u), 1);
         }
@@ -247,8 +278,13 @@ mod tests {
     fn top_p_uses_probabilities_not_logits() {
         // probs ≈ [0.6652, 0.2447, 0.0900]; top_p 0.7 keeps the first two.
         let l = [2.0, 1.0, 0.0];
-        let p = SamplingParams { top_p: 0.7, ..params(1.0) };
-        let picks: Vec<u32> = (0..100).map(|i| sample_from_logits(&l, &p, i as f32 / 100.0)).collect();
+        let p = SamplingParams {
+            top_p: 0.7,
+            ..params(1.0)
+        };
+        let picks: Vec<u32> = (0..100)
+            .map(|i| sample_from_logits(&l, &p, i as f32 / 100.0))
+            .collect();
         assert!(picks.contains(&1));
         assert!(!picks.contains(&2));
     }
@@ -256,14 +292,20 @@ mod tests {
     #[test]
     fn min_p_drops_unlikely_tokens() {
         let l = [5.0, 4.0, 0.0];
-        let p = SamplingParams { min_p: 0.1, ..params(1.0) };
+        let p = SamplingParams {
+            min_p: 0.1,
+            ..params(1.0)
+        };
         assert!((0..100).all(|i| sample_from_logits(&l, &p, i as f32 / 100.0) != 2));
     }
 
     #[test]
     fn repetition_penalty_divides_positive_and_multiplies_negative() {
         let mut l = vec![2.0, -2.0, 1.0];
-        let p = SamplingParams { repetition_penalty: 2.0, ..params(1.0) };
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..params(1.0)
+        };
         apply_penalties(&mut l, &p, &[0, 1, 0]);
         assert_eq!(l, vec![1.0, -4.0, 1.0]);
     }
@@ -271,7 +313,11 @@ mod tests {
     #[test]
     fn frequency_and_presence_penalties() {
         let mut l = vec![2.0, 2.0];
-        let p = SamplingParams { frequency_penalty: 0.5, presence_penalty: 0.25, ..params(1.0) };
+        let p = SamplingParams {
+            frequency_penalty: 0.5,
+            presence_penalty: 0.25,
+            ..params(1.0)
+        };
         apply_penalties(&mut l, &p, &[0, 0, 1]);
         assert_eq!(l, vec![2.0 - 1.0 - 0.25, 2.0 - 0.5 - 0.25]);
     }

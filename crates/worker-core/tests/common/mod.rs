@@ -10,14 +10,20 @@ use worker_core::model::Model;
 pub fn golden(name: &str) -> PathBuf {
     let dir = std::env::var_os("WORKER_ORCD_GOLDEN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
+        });
     dir.join(name)
 }
 
 pub fn golden_lines(name: &str) -> Vec<serde_json::Value> {
     let path = golden(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("golden JSON")).collect()
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("golden JSON"))
+        .collect()
 }
 
 /// The default model, fetched into the cache on first use (tests never skip for lack of it).
@@ -27,9 +33,17 @@ pub fn default_model_path() -> PathBuf {
 
 pub fn default_model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
-    MODEL.get_or_init(|| Arc::new(Model::load(default_model_path()).expect("loading the default model"))).clone()
+    MODEL
+        .get_or_init(|| {
+            Arc::new(Model::load(default_model_path()).expect("loading the default model"))
+        })
+        .clone()
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }

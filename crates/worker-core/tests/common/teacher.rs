@@ -27,9 +27,17 @@ pub struct Thresholds {
 }
 
 /// The default model's (issue: CPU backend).
-pub const QWEN2: Thresholds = Thresholds { margin: 0.2, median: 0.05, p95: 0.2 };
+pub const QWEN2: Thresholds = Thresholds {
+    margin: 0.2,
+    median: 0.05,
+    p95: 0.2,
+};
 /// SmolLM2-135M's (issue: second architecture): the references themselves are further apart.
-pub const SMOLLM2: Thresholds = Thresholds { margin: 0.3, median: 0.08, p95: 0.3 };
+pub const SMOLLM2: Thresholds = Thresholds {
+    margin: 0.3,
+    median: 0.08,
+    p95: 0.3,
+};
 
 /// Runs every golden case (`teacher_forced_hf.jsonl` lines) through `backend` and asserts the
 /// default model's thresholds; prints one summary line labelled `label`.
@@ -37,7 +45,12 @@ pub fn check_teacher_forced(backend: &mut dyn Backend, label: &str, cases: &[ser
     check_teacher_forced_with(backend, label, cases, QWEN2)
 }
 
-pub fn check_teacher_forced_with(backend: &mut dyn Backend, label: &str, cases: &[serde_json::Value], th: Thresholds) {
+pub fn check_teacher_forced_with(
+    backend: &mut dyn Backend,
+    label: &str,
+    cases: &[serde_json::Value],
+    th: Thresholds,
+) {
     let mut errors: Vec<f32> = Vec::new();
     let (mut steps, mut decisive, mut top1_miss) = (0, 0, Vec::new());
     for case in cases {
