@@ -56,6 +56,22 @@ pub fn golden_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"))
 }
 
+/// The address in the worker's `ready` log line, human (`ready addr=…`) or JSON (`--log-json`).
+pub fn ready_addr(line: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let v: Value = serde_json::from_str(line).ok()?;
+        let fields = v.get("fields")?;
+        return (fields.get("message")? == "ready")
+            .then(|| fields.get("addr")?.as_str().map(str::to_owned))?;
+    }
+    if !line.contains(" ready ") {
+        return None;
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .map(str::to_owned)
+}
+
 /// A running worker process, killed when dropped.
 pub struct Worker {
     child: Child,
@@ -85,12 +101,8 @@ impl Worker {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(" ready ")
-                    && let Some(addr) = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("addr="))
-                {
-                    let _ = tx.send(addr.to_owned());
+                if let Some(addr) = ready_addr(&line) {
+                    let _ = tx.send(addr);
                 }
                 sink.lock().expect("log lock").push(line);
             }
