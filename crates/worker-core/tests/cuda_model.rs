@@ -772,3 +772,28 @@ fn bad_inputs_are_rejected_before_touching_the_device() {
     );
     assert!(gpu.logits(0).is_err(), "no rows after a failed forward");
 }
+
+/// Without a GPU (CI), starting the backend is a clean `NoDevice` error (the server's automatic
+/// device choice falls back to the CPU on exactly this), never a panic.
+#[test]
+fn without_a_gpu_start_fails_with_no_device() {
+    if device::unavailable_reason(0).is_none() {
+        eprintln!("SKIPPED (a GPU is present)");
+        return;
+    }
+    let spec = SynthSpec {
+        n_layers: 1,
+        d_model: 64,
+        d_ff: 256,
+        n_heads: 1,
+        n_kv_heads: 1,
+        vocab: 300,
+        high_bit_layers: vec![],
+        ..SynthSpec::qwen2_0_5b()
+    };
+    match CudaBackend::new(synthetic(&spec, 1), 64, 0) {
+        Err(CudaInitError::NoDevice { reason, .. }) => eprintln!("no device: {reason}"),
+        Err(e) => panic!("expected NoDevice, got {e}"),
+        Ok(_) => panic!("a backend started without a GPU"),
+    }
+}

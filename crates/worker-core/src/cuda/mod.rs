@@ -215,7 +215,8 @@ impl CudaBackend {
         Self::with_config(model, kv_tokens, ordinal, CudaConfig::from_env())
     }
 
-    /// The planned VRAM use for `model` with this configuration (no device needed).
+    /// The planned VRAM use for `model` with this configuration. Needs the CUDA driver (the
+    /// sampler's CUB scratch size is queried from the runtime), not an open backend.
     pub fn plan(
         model: &Model,
         kv_tokens: usize,
@@ -255,6 +256,10 @@ impl CudaBackend {
         ordinal: usize,
         cfg: CudaConfig,
     ) -> Result<CudaBackend, CudaInitError> {
+        // The device first: without one the error is NoDevice (the caller may fall back to the
+        // CPU), whatever else is wrong.
+        let gpu =
+            Gpu::open(ordinal).map_err(|reason| CudaInitError::NoDevice { ordinal, reason })?;
         let c = model.config.clone();
         if c.head_dim != 64 && c.head_dim != 128 && c.head_dim != 256 {
             return Err(CudaInitError::Unsupported(format!(
@@ -271,8 +276,6 @@ impl CudaBackend {
             ));
         }
         let plan = Self::plan(&model, kv_tokens, &cfg)?;
-        let gpu =
-            Gpu::open(ordinal).map_err(|reason| CudaInitError::NoDevice { ordinal, reason })?;
         let device_name = format!("cuda:{ordinal} ({})", gpu.name);
         let (free, _total) = gpu
             .mem_info()
