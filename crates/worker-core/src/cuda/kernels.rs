@@ -25,6 +25,10 @@ pub type KResult = Result<(), KernelError>;
 pub const Q8_1_BLOCK_ELEMS: usize = sys::WK_Q8_1_BLOCK_ELEMS as usize;
 pub const Q8_1_BLOCK_BYTES: usize = sys::WK_Q8_1_BLOCK_BYTES as usize;
 
+/// Alignment the launchers require of their scratch buffers (attention: 16, sampler: 256).
+const ATTN_SCRATCH_ALIGN: usize = 16;
+const SAMPLE_SCRATCH_ALIGN: usize = 256;
+
 /// Bytes of the q8_1 form of a [t, k] activation.
 pub fn q8_bytes(t: usize, k: usize) -> usize {
     t * (k / Q8_1_BLOCK_ELEMS) * Q8_1_BLOCK_BYTES
@@ -46,6 +50,16 @@ fn rd<T>(b: &impl DevicePtr<T>, s: &CudaStream) -> *const T {
 fn wr<T>(b: &mut impl DevicePtrMut<T>, s: &CudaStream) -> *mut T {
     let (p, _guard) = b.device_ptr_mut(s);
     p as usize as *mut T
+}
+
+/// Scratch space at an `align`-byte boundary inside `buf`: (pointer, usable bytes). The
+/// `*_scratch_bytes` functions below include the `align - 1` bytes of slack this may skip.
+fn aligned_scratch(buf: &mut CudaSlice<u8>, s: &CudaStream, align: usize) -> (*mut c_void, usize) {
+    let p = wr(buf, s) as usize;
+    let skip = p.next_multiple_of(align) - p;
+    // SAFETY (of the later use): `skip < align`, and callers check the returned length, which
+    // excludes the skipped bytes, against the launcher's requirement.
+    ((p + skip) as *mut c_void, buf.len().saturating_sub(skip))
 }
 
 fn invalid(msg: String) -> KernelError {
@@ -424,7 +438,7 @@ pub fn attention_decode_scratch_bytes(
     );
     // SAFETY: a plain out-parameter to a host function.
     sys::check(unsafe { sys::wk_attention_decode_scratch_bytes(si, hq, hd, mc, &mut bytes) })?;
-    Ok(bytes)
+    Ok(bytes + ATTN_SCRATCH_ALIGN - 1)
 }
 
 /// One query token per sequence of a decode index: `out [S, Hq, hd]` = attention of `q` over
@@ -455,8 +469,8 @@ pub fn attention_decode(
         .map_err(invalid)?;
     // max_seq_len <= max_blocks * block_size by construction of the index.
     let max_ctx = idx.max_blocks() * cache.block_size();
-    let scratch_bytes = scratch.len();
-    let need_scratch = attention_decode_scratch_bytes(n, h, max_ctx)?;
+    let (scratch_ptr, scratch_bytes) = aligned_scratch(scratch, s, ATTN_SCRATCH_ALIGN);
+    let need_scratch = attention_decode_scratch_bytes(n, h, max_ctx)? - (ATTN_SCRATCH_ALIGN - 1);
     need("attention_decode scratch", scratch_bytes, need_scratch)?;
     let (hq, hkv, hd) = (
         int("Hq", h.n_heads)?,
@@ -486,7 +500,7 @@ pub fn attention_decode(
             mb,
             rd(&idx.seq_lens, s),
             wr(out, s),
-            wr(scratch, s) as *mut c_void,
+            scratch_ptr,
             scratch_bytes,
             si,
             hq,
@@ -658,7 +672,7 @@ pub fn sample_scratch_bytes(v: usize) -> Result<usize, KernelError> {
     let mut bytes = 0usize;
     // SAFETY: a plain out-parameter to a host function.
     sys::check(unsafe { sys::wk_sample_scratch_bytes(int("V", v)?, &mut bytes) })?;
-    Ok(bytes)
+    Ok(bytes + SAMPLE_SCRATCH_ALIGN - 1)
 }
 
 /// The sampler's settings, as the launcher takes them.
@@ -711,8 +725,12 @@ where
     if n_top > v {
         return Err(invalid(format!("sample: n_top {n_top} > V {v}")));
     }
-    let scratch_bytes = scratch.len();
-    need("sample scratch", scratch_bytes, sample_scratch_bytes(v)?)?;
+    let (scratch_ptr, scratch_bytes) = aligned_scratch(scratch, s, SAMPLE_SCRATCH_ALIGN);
+    need(
+        "sample scratch",
+        scratch_bytes,
+        sample_scratch_bytes(v)? - (SAMPLE_SCRATCH_ALIGN - 1),
+    )?;
     let top_k = int("top_k", cfg.top_k.min(v))?;
     let (vi, nt) = (int("V", v)?, int("n_top", n_top)?);
     let (ti, tl) = if n_top == 0 {
@@ -720,13 +738,14 @@ where
     } else {
         (wr(out.top_ids, s), wr(out.top_logits, s))
     };
-    // SAFETY: sizes checked above; scratch comes straight from an allocation (256-byte aligned).
+    // SAFETY: sizes checked above; the scratch pointer is 256-byte aligned inside `scratch` with
+    // `scratch_bytes` usable bytes after it (aligned_scratch).
     sys::check(unsafe {
         sys::wk_sample(
             stream_handle(s),
             rd(logits, s),
             vi,
-            wr(scratch, s) as *mut c_void,
+            scratch_ptr,
             scratch_bytes,
             top_k,
             cfg.top_p,
