@@ -3,7 +3,7 @@
 use crate::errors::ApiError;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -37,6 +37,11 @@ pub fn json_ok(value: &serde_json::Value) -> Resp {
     json_response(StatusCode::OK, value)
 }
 
+/// A client whose body is over the limit by at most this much is read to the end (and the
+/// excess discarded) before the 413 goes out: closing a socket with unread data makes the
+/// kernel send a reset, which can destroy the 413 before the client reads it.
+const DRAIN_CAP: u64 = 8 * 1024 * 1024;
+
 /// Reads a request body of at most `limit` bytes within `timeout` (a client that trickles its
 /// body must not hold a connection forever). Too large → 413, too slow → 408.
 pub async fn read_body(
@@ -56,27 +61,43 @@ pub async fn read_body(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > DRAIN_CAP) {
         return Err(too_large());
     }
-    let collect = Limited::new(req.into_body(), limit).collect();
-    match tokio::time::timeout(timeout, collect).await {
+    let mut body = req.into_body();
+    let read = async {
+        let mut buf = Vec::new();
+        let mut seen = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_REQUEST",
+                    format!("reading the request body: {e}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                seen += data.len() as u64;
+                if seen > DRAIN_CAP {
+                    break;
+                }
+                if seen <= limit as u64 {
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+        if seen > limit as u64 {
+            Err(too_large())
+        } else {
+            Ok(Bytes::from(buf))
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "INVALID_REQUEST",
             "the request body was not received in time",
         )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
-        }
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_REQUEST",
-            format!("reading the request body: {e}"),
-        )),
+        Ok(r) => r,
     }
 }
