@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Steps of a GPU session on the lent machine (see docs/GPU.md). Binaries are built on a
+# development machine and carried in .carry/bin; the real model travels in 62 MiB pieces
+# (.carry/m0 .. m7). Everything lands in /tmp/w on the GPU machine; logs go to $OUT.
+#   bash scripts/gpu/session.sh stage        # move carried binaries + golden files to /tmp/w
+#   bash scripts/gpu/session.sh piece N      # move model piece N to /tmp/w/parts
+#   bash scripts/gpu/session.sh assemble     # join the pieces, check the sha256
+#   bash scripts/gpu/session.sh kernels      # kernel tests (cuda-sys smoke + worker-core cuda_kernels)
+#   bash scripts/gpu/session.sh model        # whole-model CUDA tests on the real model
+#   bash scripts/gpu/session.sh sanitize     # compute-sanitizer memcheck on a short generation
+#   bash scripts/gpu/session.sh serve        # the worker on cuda:0, a greedy request over HTTP
+#   bash scripts/gpu/session.sh bench ARGS   # worker-http bench --device cuda:0 ARGS
+set -uo pipefail
+W=/tmp/w
+OUT=${OUT:-/tmp/out}
+mkdir -p "$W" "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export WORKER_ORCD_CACHE=$W/cache
+export WORKER_ORCD_MODEL=$W/cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+export WORKER_ORCD_GOLDEN=$W/golden WORKER_ORCD_GOLDEN_DIR=$W/golden
+SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+
+log() { tee -a "$OUT/$1.log"; }
+
+case "${1:-}" in
+stage)
+  rm -rf "$W/bin" "$W/golden"
+  mkdir -p "$W/bin"
+  cp -r .carry/bin/* "$W/bin/" && chmod +x "$W"/bin/*
+  cp -r .carry/golden "$W/golden"
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv | log stage
+  ls -la "$W/bin" | log stage ;;
+piece)
+  mkdir -p "$W/parts" && mv ".carry/m$2/q.$2" "$W/parts/" && ls -la "$W/parts" ;;
+assemble)
+  mkdir -p "$W/cache/models"
+  cat "$W"/parts/q.* > "$WORKER_ORCD_MODEL" && rm -rf "$W/parts"
+  echo "$SHA  $WORKER_ORCD_MODEL" | sha256sum -c - | log assemble ;;
+kernels)
+  "$W/bin/smoke" --test-threads=1 2>&1 | log kernels
+  "$W/bin/cuda_kernels" --test-threads=1 --nocapture 2>&1 | log kernels ;;
+model)
+  "$W/bin/cuda_model" --test-threads=1 --nocapture 2>&1 | log model ;;
+sanitize)
+  compute-sanitizer --tool memcheck --leak-check full --error-exitcode 3 \
+    "$W/bin/worker-http" bench --device cuda:0 -p 32 -n 8 -r 1 2>&1 | tail -40 | log sanitize ;;
+serve)
+  "$W/bin/worker-http" --device cuda:0 --port 18080 > "$OUT/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf localhost:18080/health > /dev/null && break; sleep 0.1; done
+  curl -s localhost:18080/health | log serve; echo | log serve
+  curl -sN localhost:18080/execute -H 'content-type: application/json' \
+    -d '{"job_id":"gpu-1","prompt":"The capital of France is","max_tokens":12,"temperature":0}' | log serve
+  curl -s localhost:18080/v1/chat/completions -H 'content-type: application/json' \
+    -d '{"messages":[{"role":"user","content":"Write a haiku about GPU memory."}],"max_tokens":40,"temperature":0}' | log serve
+  echo | log serve
+  kill -TERM $pid; wait $pid; echo "serve exit: $?" | log serve ;;
+bench)
+  shift
+  "$W/bin/worker-http" bench --device cuda:0 "$@" 2>&1 | log bench ;;
+*) sed -n 2,12p "$0"; exit 2 ;;
+esac
