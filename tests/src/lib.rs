@@ -3,7 +3,8 @@
 //! misbehave: disconnect mid-stream, trickle headers, hold connections open).
 //!
 //! Environment: `WORKER_HTTP_BIN` (use this binary instead of building one), `WORKER_TEST_MODEL`
-//! (a GGUF path or known model name; default the default model, fetched on first use).
+//! (a GGUF path or known model name; default the default model, fetched on first use),
+//! `WORKER_E2E_DEVICE` (the `--device` the tests serve on; default `cpu`).
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -47,6 +48,11 @@ pub fn worker_bin() -> PathBuf {
         profile_dir.join(format!("worker-http{}", std::env::consts::EXE_SUFFIX))
     })
     .clone()
+}
+
+/// The `--device` the tests run the worker on: `$WORKER_E2E_DEVICE`, default `cpu`.
+pub fn device() -> String {
+    std::env::var("WORKER_E2E_DEVICE").unwrap_or_else(|_| "cpu".into())
 }
 
 /// The golden reference folder (`../shared/golden`).

@@ -152,6 +152,7 @@ fn connection_cap(w: &Worker) {
 
 #[test]
 fn limits_and_hostile_clients() {
+    let dev = worker_e2e::device();
     let w = Worker::start(&[
         "--api-key",
         KEY,
@@ -168,7 +169,7 @@ fn limits_and_hostile_clients() {
         "--ctx-size",
         "512",
         "--device",
-        "cpu",
+        &dev,
     ]);
     api_key(&w);
     body_limit(&w);

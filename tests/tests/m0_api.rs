@@ -60,12 +60,17 @@ fn health(w: &Worker) {
     let h = r.json();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["model"], "qwen2.5-coder-0.5b");
-    assert_eq!(
-        h["resident"], false,
-        "the CPU backend is not resident on a GPU"
-    );
     assert_eq!(h["quant_kind"], "Q4_K_M");
-    assert_eq!(h["vram_bytes_used"], 0);
+    if worker_e2e::device() == "cpu" {
+        assert_eq!(
+            h["resident"], false,
+            "the CPU backend is not resident on a GPU"
+        );
+        assert_eq!(h["vram_bytes_used"], 0);
+    } else {
+        assert_eq!(h["resident"], true, "{h}");
+        assert!(h["vram_bytes_used"].as_u64().unwrap() > 400_000_000, "{h}");
+    }
     assert_eq!(h["vocab_size"], 151_936);
     assert_eq!(h["context_length"], 512);
     assert!(
@@ -244,6 +249,25 @@ fn validation(w: &Worker) {
         "prompt tokens < context size"
     );
 
+    // Absurd numbers are range errors naming the field, or (beyond f64) JSON errors.
+    let r = w.post("/execute", &json!({"job_id": "n", "prompt": "x", "max_tokens": 1e300, "top_k": u64::MAX, "seed": -1.5}));
+    assert_eq!(r.status, 400);
+    let fields: Vec<String> = r.json()["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(fields, ["max_tokens", "top_k", "seed"]);
+    let r = worker_e2e::request(
+        &w.addr,
+        "POST",
+        "/execute",
+        &[],
+        Some(br#"{"job_id":"n","prompt":"x","max_tokens":1e999}"#),
+    );
+    assert_eq!(r.status, 400);
+
     for bad in [&b"{not json"[..], b"[1,2]", b"\xff\xfe", b""] {
         let r = worker_e2e::request(&w.addr, "POST", "/execute", &[], Some(bad));
         assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(bad));
@@ -267,6 +291,17 @@ fn cancel(w: &Worker) {
         &json!({"job_id": "to-cancel", "prompt": PROMPT, "max_tokens": 1}),
     );
     assert_eq!(dup.status, 409);
+
+    // /health answers from cached state while the engine thread generates.
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(w.get("/health").json()["running_jobs"], 1);
+        assert!(
+            t.elapsed() < Duration::from_millis(50),
+            "/health took {:?} during generation",
+            t.elapsed()
+        );
+    }
 
     let t0 = Instant::now();
     let r = w.post("/cancel", &json!({"job_id": "to-cancel"}));
@@ -354,7 +389,8 @@ fn metrics_move(w: &Worker) {
 
 #[test]
 fn m0_contract() {
-    let w = Worker::start(&["--ctx-size", "512", "--max-batch", "2", "--device", "cpu"]);
+    let dev = worker_e2e::device();
+    let w = Worker::start(&["--ctx-size", "512", "--max-batch", "2", "--device", &dev]);
     health(&w);
     sse_order_and_golden_text(&w);
     seeds_replay(&w);

@@ -282,7 +282,8 @@ fn tokenize_round_trips(w: &Worker) {
 
 #[test]
 fn openai_compatible_api() {
-    let w = Worker::start(&["--ctx-size", "512", "--max-batch", "2", "--device", "cpu"]);
+    let dev = worker_e2e::device();
+    let w = Worker::start(&["--ctx-size", "512", "--max-batch", "2", "--device", &dev]);
     models(&w);
     completions(&w);
     completion_logprobs(&w);

@@ -53,13 +53,14 @@ fn python_with_openai() -> PathBuf {
 fn official_openai_python_client() {
     let python = python_with_openai();
     let key = "py-test-key";
+    let dev = worker_e2e::device();
     let w = Worker::start(&[
         "--ctx-size",
         "512",
         "--max-batch",
         "2",
         "--device",
-        "cpu",
+        &dev,
         "--api-key",
         key,
     ]);

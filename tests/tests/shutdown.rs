@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use worker_e2e::{SseStream, Worker};
 
 fn sigterm_finishes_running_work() {
+    let dev = worker_e2e::device();
     let mut w = Worker::start(&[
         "--ctx-size",
         "256",
         "--device",
-        "cpu",
+        &dev,
         "--drain-timeout-secs",
         "60",
     ]);
@@ -46,11 +47,12 @@ fn sigterm_finishes_running_work() {
 }
 
 fn shutdown_endpoint_cancels_after_the_drain_timeout() {
+    let dev = worker_e2e::device();
     let mut w = Worker::start(&[
         "--ctx-size",
         "512",
         "--device",
-        "cpu",
+        &dev,
         "--drain-timeout-secs",
         "1",
     ]);

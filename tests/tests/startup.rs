@@ -75,11 +75,12 @@ fn start_up_failures() {
 fn ready_callback_and_json_logs() {
     let pool = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/workers/ready", pool.local_addr().unwrap());
+    let dev = worker_e2e::device();
     let w = Worker::start(&[
         "--ctx-size",
         "256",
         "--device",
-        "cpu",
+        &dev,
         "--worker-id",
         "w-7",
         "--callback-url",
