@@ -180,6 +180,36 @@ fn stop_sequence(w: &Worker) {
     assert_eq!(end_of(&events)["stop_reason"], "STOP_SEQUENCE");
 }
 
+fn end_of_sequence(w: &Worker) {
+    // A chat turn the model closes itself: the end-of-sequence token ends it and is not text.
+    let messages = json!([{"role": "user", "content": "Reply with just the word: yes"}]);
+    let prompt = w
+        .post("/apply-template", &json!({"messages": messages}))
+        .json()["prompt"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events = execute(
+        w,
+        json!({"job_id": "eos", "prompt": prompt, "max_tokens": 20, "temperature": 0}),
+    );
+    let end = end_of(&events);
+    assert_eq!(end["stop_reason"], "EOS", "{end}");
+    let text = text_of(&events);
+    assert!(!text.is_empty() && !text.contains("<|im_end|>"), "{text:?}");
+    let mut indices: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event == "token")
+        .map(|e| e.json()["i"].as_u64().unwrap())
+        .collect();
+    indices.dedup();
+    assert_eq!(
+        end["tokens_out"],
+        indices.len(),
+        "tokens_out counts the streamed tokens"
+    );
+}
+
 fn validation(w: &Worker) {
     let secret = "SECRET-PROMPT-TEXT-4711";
     let r = w.post(
@@ -395,6 +425,7 @@ fn m0_contract() {
     sse_order_and_golden_text(&w);
     seeds_replay(&w);
     stop_sequence(&w);
+    end_of_sequence(&w);
     validation(&w);
     cancel(&w);
     disconnect_frees_the_job(&w);

@@ -212,6 +212,15 @@ impl JobGuard {
                 self.state.engine.cancel(self.seq);
             }
             self.state.metrics.job_outcome(self.endpoint, outcome);
+            // Ids, counts and timings only: prompts and outputs never reach the log.
+            tracing::info!(
+                job = %self.id,
+                endpoint = self.endpoint,
+                outcome,
+                tokens = self.tokens,
+                ms = self.submitted.elapsed().as_millis() as u64,
+                "job ended"
+            );
         }
     }
 }
