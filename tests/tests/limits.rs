@@ -69,7 +69,7 @@ fn body_limit(w: &Worker) {
 
 fn queue_full(w: &Worker) {
     // --max-batch 1 --max-queue 1: one runs, one waits, the third is refused at once.
-    let long = |id: &str| json!({"job_id": id, "prompt": "Count: 1, 2, 3,", "max_tokens": 200, "temperature": 0});
+    let long = |id: &str| json!({"job_id": id, "prompt": "Count: 1, 2, 3,", "max_tokens": 2000, "temperature": 0});
     let mut running = SseStream::open_with(&w.addr, "/execute", &[AUTH], &long("q1"));
     assert_eq!(running.next_event().unwrap().event, "started");
     let mut waiting = SseStream::open_with(&w.addr, "/execute", &[AUTH], &long("q2"));

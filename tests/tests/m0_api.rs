@@ -138,7 +138,12 @@ fn sse_order_and_golden_text(w: &Worker) {
         "greedy continuation differs from llama.cpp's"
     );
 
-    // Tokens go out as they are made: the six arrive spread over the decode, not in one burst.
+    // Tokens go out as they are made: on the CPU (tens of ms per token) the six arrive spread
+    // over the decode, not in one burst. (Device-independent check: `cancel` sees the job
+    // still running after its first token arrived.)
+    if worker_e2e::device() != "cpu" {
+        return;
+    }
     let times: Vec<Instant> = events
         .iter()
         .filter(|e| e.event == "token")
@@ -311,7 +316,7 @@ fn cancel(w: &Worker) {
     let mut s = SseStream::open(
         &w.addr,
         "/execute",
-        &json!({"job_id": "to-cancel", "prompt": PROMPT, "max_tokens": 400, "temperature": 0}),
+        &json!({"job_id": "to-cancel", "prompt": PROMPT, "max_tokens": 2000, "temperature": 0}),
     );
     assert_eq!(s.next_event().unwrap().event, "started");
     assert_eq!(s.next_event().unwrap().event, "token");
@@ -368,7 +373,7 @@ fn disconnect_frees_the_job(w: &Worker) {
     let mut s = SseStream::open(
         &w.addr,
         "/execute",
-        &json!({"job_id": "leaver", "prompt": PROMPT, "max_tokens": 400, "temperature": 0}),
+        &json!({"job_id": "leaver", "prompt": PROMPT, "max_tokens": 2000, "temperature": 0}),
     );
     assert_eq!(s.next_event().unwrap().event, "started");
     assert_eq!(s.next_event().unwrap().event, "token");

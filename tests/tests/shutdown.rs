@@ -48,9 +48,12 @@ fn sigterm_finishes_running_work() {
 
 fn shutdown_endpoint_cancels_after_the_drain_timeout() {
     let dev = worker_e2e::device();
+    // A context and budget large enough that the job outlives the 1 s drain on a GPU too.
     let mut w = Worker::start(&[
         "--ctx-size",
-        "512",
+        "4096",
+        "--max-batch",
+        "1",
         "--device",
         &dev,
         "--drain-timeout-secs",
@@ -59,7 +62,7 @@ fn shutdown_endpoint_cancels_after_the_drain_timeout() {
     let mut s = SseStream::open(
         &w.addr,
         "/execute",
-        &json!({"job_id": "long", "prompt": "1, 2, 3,", "max_tokens": 400, "temperature": 0}),
+        &json!({"job_id": "long", "prompt": "1, 2, 3,", "max_tokens": 2048, "temperature": 0}),
     );
     assert_eq!(s.next_event().unwrap().event, "started");
     let t0 = Instant::now();
