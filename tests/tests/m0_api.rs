@@ -213,6 +213,16 @@ fn end_of_sequence(w: &Worker) {
         indices.len(),
         "tokens_out counts the streamed tokens"
     );
+
+    // The whole answer is a possible start of a stop string ("Yes" of "Yes!!"), so it is held
+    // back; when end-of-sequence comes instead, it must still be delivered before `end`.
+    let held = execute(
+        w,
+        json!({"job_id": "eos-held", "prompt": prompt, "max_tokens": 20, "temperature": 0, "stop": [format!("{text}!!")]}),
+    );
+    assert_eq!(text_of(&held), text, "held-back text was lost");
+    assert_eq!(end_of(&held)["stop_reason"], "EOS");
+    assert_eq!(end_of(&held)["tokens_out"], end["tokens_out"]);
 }
 
 fn validation(w: &Worker) {

@@ -180,9 +180,9 @@ impl StreamFormat for M0Stream {
             }
             Item::Engine(Event::Finished {
                 reason,
+                usage,
                 timings,
                 seed,
-                ..
             }) => {
                 g.end(jobs::outcome(&reason));
                 let mut out = if g.tokens > 0 {
@@ -191,9 +191,9 @@ impl StreamFormat for M0Stream {
                     String::new()
                 };
                 let end = json!({
-                    // Tokens streamed: the end-of-sequence token the engine counts in its usage
-                    // is never sent, so it is not counted here.
-                    "tokens_out": g.tokens,
+                    // Generated tokens that are text: the engine's usage also counts an
+                    // end-of-sequence token, which is never streamed.
+                    "tokens_out": usage.completion_tokens - usize::from(reason == StopReason::Eos),
                     "decode_time_ms": timings.decode_ms,
                     "stop_reason": m0_reason(&reason),
                     "seed": seed,

@@ -129,7 +129,9 @@ pub async fn completions(state: &Arc<AppState>, body: &[u8]) -> Result<Resp, Api
                 );
             }
         }
-        for t in &out.tokens {
+        // Every sampled token carries its logprob; an entry without one is the engine's
+        // final flush of held-back text, not a token.
+        for t in out.tokens.iter().filter(|t| t.logprob.is_some()) {
             l.push(state, t.id, t.logprob.as_ref(), c.as_token_ids);
         }
         l.take()
@@ -230,7 +232,7 @@ impl StreamFormat for CompletionStream {
             }) => {
                 let mut out = self.flush_echo();
                 let new = g.on_token(index);
-                let lp = if self.logprobs.is_some() && new {
+                let lp = if self.logprobs.is_some() && new && logprob.is_some() {
                     self.lp.push(&self.state, id, logprob.as_ref(), self.as_ids);
                     self.lp.take()
                 } else {
