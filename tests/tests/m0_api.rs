@@ -225,6 +225,35 @@ fn end_of_sequence(w: &Worker) {
     assert_eq!(end_of(&held)["tokens_out"], end["tokens_out"]);
 }
 
+fn concurrent_jobs(w: &Worker) {
+    // Four at once with --max-batch 2: two run, two wait; all finish with the solo greedy text.
+    let solo = text_of(&execute(
+        w,
+        json!({"job_id": "solo", "prompt": PROMPT, "max_tokens": 6, "temperature": 0}),
+    ));
+    let texts: Vec<String> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..4)
+            .map(|k| {
+                sc.spawn(move || {
+                    let events = execute(w, json!({"job_id": format!("c{k}"), "prompt": PROMPT, "max_tokens": 6, "temperature": 0}));
+                    assert_eq!(end_of(&events)["stop_reason"], "MAX_TOKENS");
+                    text_of(&events)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for t in texts {
+        assert_eq!(
+            t, solo,
+            "a batched job's greedy text differs from the solo run"
+        );
+    }
+    w.wait_until("all jobs to end", Duration::from_secs(5), |w| {
+        w.metric("worker_active_jobs") == 0.0
+    });
+}
+
 fn validation(w: &Worker) {
     let secret = "SECRET-PROMPT-TEXT-4711";
     let r = w.post(
@@ -441,6 +470,7 @@ fn m0_contract() {
     seeds_replay(&w);
     stop_sequence(&w);
     end_of_sequence(&w);
+    concurrent_jobs(&w);
     validation(&w);
     cancel(&w);
     disconnect_frees_the_job(&w);
