@@ -83,6 +83,9 @@ pub fn run(
     decode(backend, 4, warm.len(), *warm.last().unwrap(), &table)?;
 
     for &n in &cfg.prompt_sizes {
+        // One untimed run of the same size first (as llama-bench does): library heuristics,
+        // caches and lazily loaded kernels for this shape stay out of the numbers.
+        prefill(backend, &random_tokens(n), 0, &table, cfg.prefill_chunk)?;
         let mut times = Vec::new();
         for _ in 0..cfg.repetitions {
             let prompt = random_tokens(n);
