@@ -107,6 +107,44 @@ fn queue_full(w: &Worker) {
     assert_eq!(last.json()["stop_reason"], "CANCELLED");
 }
 
+fn vanish_mid_prompt_and_cancel_storm(w: &Worker) {
+    // The jobs of the previous check leave the books when their responses are done.
+    w.wait_until("earlier jobs to end", Duration::from_secs(5), |w| {
+        w.get("/health").json()["active_jobs"] == 0
+    });
+    // A client that leaves while its long prompt is still being processed frees its job.
+    let prompt = "word ".repeat(450);
+    let s = SseStream::open_with(
+        &w.addr,
+        "/execute",
+        &[AUTH],
+        &json!({"job_id": "gone", "prompt": prompt, "max_tokens": 50}),
+    );
+    assert_eq!(s.status, 200);
+    drop(s);
+    let active = |w: &Worker| request(&w.addr, "GET", "/health", &[], None).json();
+    w.wait_until(
+        "the vanished job to be dropped",
+        Duration::from_secs(10),
+        |w| {
+            let h = active(w);
+            h["active_jobs"] == 0 && h["running_jobs"] == 0
+        },
+    );
+    // Cancels for ids that do not exist, in a burst, change nothing and break nothing.
+    for k in 0..200 {
+        assert_eq!(
+            post(w, "/cancel", &json!({"job_id": format!("ghost-{k}")})).status,
+            202
+        );
+    }
+    let h = active(w);
+    assert_eq!(
+        (h["status"].as_str(), h["active_jobs"].as_u64()),
+        (Some("ok"), Some(0))
+    );
+}
+
 fn header_timeout(w: &Worker) {
     // A client that never finishes its headers is cut off (--header-timeout-secs 2).
     let mut s = TcpStream::connect(&w.addr).unwrap();
@@ -174,6 +212,7 @@ fn limits_and_hostile_clients() {
     api_key(&w);
     body_limit(&w);
     queue_full(&w);
+    vanish_mid_prompt_and_cancel_storm(&w);
     header_timeout(&w);
     connection_cap(&w);
     assert!(!w.logs().contains(KEY), "the API key reached the log");

@@ -198,11 +198,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.ctx_size
         );
     }
+    let max_active_jobs = args.max_batch + args.max_queue;
     let cfg = EngineConfig {
         max_batch: args.max_batch,
         prefill_chunk: args.prefill_chunk,
         ctx_size,
-        max_queue: args.max_queue,
+        // Admission is the HTTP side's (`jobs::submit` counts accepted jobs). The engine's own
+        // bound counts submissions it has not picked up yet, which pile up while it is inside
+        // a step, so at the same value it would refuse jobs the worker has room for; it stays
+        // as a backstop only.
+        max_queue: 2 * max_active_jobs,
     };
     let model = Arc::new(model);
     let backend = backend::make_backend(args.device, &model, &cfg)?;
@@ -219,7 +224,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let limits = state::Limits {
         max_body_bytes: args.max_body_bytes,
         body_timeout: Duration::from_secs(args.body_timeout_secs),
-        max_active_jobs: args.max_batch + args.max_queue,
+        max_active_jobs,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
     };
     let state = Arc::new(state::AppState::new(engine.clone(), chat, info, limits));
