@@ -19,10 +19,10 @@ fn golden(name: &str) -> PathBuf {
 }
 
 /// Runs every golden prompt greedily for 4 tokens (token_idx 0..3, as in parity_hf.jsonl) with a
-/// checkpoint sink writing to `log`.
-fn log_golden_prompts(model: Model, log: &Path) {
+/// checkpoint sink writing to `log` (or no sink), and returns the generated ids per prompt.
+fn log_golden_prompts(model: Model, log: Option<&Path>) -> Vec<Vec<u32>> {
     let tokenizer = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
-    let sink = orch_log_sink(log);
+    let sink = log.map(orch_log_sink);
     let cfg = EngineConfig {
         max_batch: 1,
         ctx_size: 512,
@@ -32,8 +32,9 @@ fn log_golden_prompts(model: Model, log: &Path) {
         Box::new(CpuBackend::new(Arc::new(model), 512)),
         tokenizer,
         cfg,
-        Some(sink),
+        sink,
     );
+    let mut outputs = Vec::new();
     let text = std::fs::read_to_string(golden("greedy_llamacpp.jsonl")).expect("golden prompts");
     for line in text.lines().filter(|l| !l.is_empty()) {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -47,13 +48,18 @@ fn log_golden_prompts(model: Model, log: &Path) {
         req.ignore_eos = true;
         req.trace_name = Some(case["name"].as_str().unwrap().to_owned());
         let mut sub = engine.submit(req).expect("submit");
+        let mut ids = Vec::new();
         while let Some(e) = sub.events.blocking_recv() {
-            if let Event::Error(e) = e {
-                panic!("{e}");
+            match e {
+                Event::Token { id, .. } => ids.push(id),
+                Event::Error(e) => panic!("{e}"),
+                _ => {}
             }
         }
+        outputs.push(ids);
     }
     engine.shutdown(false);
+    outputs
 }
 
 fn orch_log_sink(path: &Path) -> orch_log::Sink {
@@ -76,7 +82,12 @@ fn default_model() -> Model {
 fn cpu_log_has_no_failure_against_either_reference_and_a_broken_layer_is_pinpointed() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("ours.jsonl");
-    log_golden_prompts(default_model(), &log);
+    let with_log = log_golden_prompts(default_model(), Some(&log));
+    let without_log = log_golden_prompts(default_model(), None);
+    assert_eq!(
+        with_log, without_log,
+        "logging changed the generated tokens"
+    );
 
     let hf = report(&log, "parity_hf.jsonl");
     let mut out = Vec::new();
@@ -119,7 +130,7 @@ fn cpu_log_has_no_failure_against_either_reference_and_a_broken_layer_is_pinpoin
     }
     let broken = Model::from_gguf(GgufFile::from_bytes(bytes).unwrap()).unwrap();
     let log2 = dir.path().join("broken.jsonl");
-    log_golden_prompts(broken, &log2);
+    log_golden_prompts(broken, Some(&log2));
     let bad = report(&log2, "parity_hf.jsonl");
     let first = bad.first_bad().expect("a broken layer must be reported");
     assert_eq!(

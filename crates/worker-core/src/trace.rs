@@ -79,3 +79,44 @@ impl Tracer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::LogitsWanted;
+
+    /// Measures what a checkpoint costs with logging off (run with `--ignored --nocapture`);
+    /// docs/ORCH-LOG.md records the figure.
+    #[test]
+    #[ignore]
+    fn disabled_checkpoint_cost() {
+        let mut tracer = Tracer::default();
+        let data = vec![0.5f32; 896];
+        let item = BatchItem {
+            tokens: &[1],
+            start_pos: 0,
+            block_table: &[0],
+            logits: LogitsWanted::Last,
+            trace: None,
+            cancel: None,
+        };
+        let n = 10_000_000u32;
+        let t0 = std::time::Instant::now();
+        for i in 0..n {
+            let stage = Stage::Layer(i % 24);
+            tracer.record(
+                std::hint::black_box(None),
+                stage,
+                std::hint::black_box(&item),
+                &data,
+                896,
+            );
+            std::hint::black_box(tracer.wants_layer(i as usize % 24));
+        }
+        let ns = t0.elapsed().as_nanos() as f64 / n as f64;
+        eprintln!(
+            "disabled checkpoint (record + wants_layer): {ns:.2} ns; 27 per token = {:.0} ns/token",
+            ns * 27.0
+        );
+    }
+}
