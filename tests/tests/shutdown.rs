@@ -84,8 +84,47 @@ fn shutdown_endpoint_cancels_after_the_drain_timeout() {
     assert!(status.success(), "exit status {status}");
 }
 
+fn second_signal_cancels_running_work() {
+    let dev = worker_e2e::device();
+    let mut w = Worker::start(&[
+        "--ctx-size",
+        "4096",
+        "--max-batch",
+        "1",
+        "--device",
+        &dev,
+        "--drain-timeout-secs",
+        "60",
+    ]);
+    let mut s = SseStream::open(
+        &w.addr,
+        "/execute",
+        &json!({"job_id": "stubborn", "prompt": "1, 2, 3,", "max_tokens": 2048, "temperature": 0}),
+    );
+    assert_eq!(s.next_event().unwrap().event, "started");
+    w.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        w.wait_exit(Duration::from_millis(10)).is_none(),
+        "exited with a job still draining"
+    );
+    let t0 = Instant::now();
+    w.signal("INT");
+    let end = s.collect().pop().expect("terminal event");
+    assert_eq!(end.event, "end");
+    assert_eq!(end.json()["stop_reason"], "CANCELLED");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "second signal took {:?}",
+        t0.elapsed()
+    );
+    let status = w.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "exit status {status}");
+}
+
 #[test]
 fn graceful_shutdown() {
     sigterm_finishes_running_work();
     shutdown_endpoint_cancels_after_the_drain_timeout();
+    second_signal_cancels_running_work();
 }

@@ -278,8 +278,11 @@ async fn run(
     let signals = state.clone();
     tokio::task::spawn_local(async move {
         wait_for_signal().await;
-        tracing::info!("signal received: shutting down");
+        tracing::info!("signal received: draining (a second signal cancels running jobs)");
         signals.begin_shutdown();
+        wait_for_signal().await;
+        let n = signals.jobs.cancel_all(&signals);
+        tracing::warn!("second signal: cancelled {n} job(s)");
     });
     server::serve(state, listener, cfg).await;
     Ok(())
