@@ -5,6 +5,9 @@
 #   bash scripts/gpu/session.sh stage        # move carried binaries + golden files to /tmp/w
 #   bash scripts/gpu/session.sh piece N      # move model piece N to /tmp/w/parts
 #   bash scripts/gpu/session.sh assemble     # join the pieces, check the sha256
+#   bash scripts/gpu/session.sh spiece N     # move SmolLM2 piece N (.carry/sN, N = 0, 1)
+#   bash scripts/gpu/session.sh sassemble    # join SmolLM2, check its sha256
+#   bash scripts/gpu/session.sh smollm2      # SmolLM2 (llama) on the CUDA backend vs HF
 #   bash scripts/gpu/session.sh kernels      # kernel tests (cuda-sys smoke + worker-core cuda_kernels)
 #   bash scripts/gpu/session.sh model        # whole-model CUDA tests on the real model
 #   bash scripts/gpu/session.sh sanitize     # compute-sanitizer memcheck on a short generation
@@ -19,6 +22,8 @@ export WORKER_ORCD_CACHE=$W/cache
 export WORKER_ORCD_MODEL=$W/cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 export WORKER_ORCD_GOLDEN=$W/golden WORKER_ORCD_GOLDEN_DIR=$W/golden
 SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+SMOL=$W/cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 log() { tee -a "$OUT/$1.log"; }
 
@@ -36,6 +41,14 @@ assemble)
   mkdir -p "$W/cache/models"
   cat "$W"/parts/q.* > "$WORKER_ORCD_MODEL" && rm -rf "$W/parts"
   echo "$SHA  $WORKER_ORCD_MODEL" | sha256sum -c - | log assemble ;;
+spiece)
+  mkdir -p "$W/sparts" && mv ".carry/s$2/s.$2" "$W/sparts/" && ls -la "$W/sparts" ;;
+sassemble)
+  mkdir -p "$W/cache/models"
+  cat "$W"/sparts/s.* > "$SMOL" && rm -rf "$W/sparts"
+  echo "$SMOL_SHA  $SMOL" | sha256sum -c - | log assemble ;;
+smollm2)
+  "$W/bin/cuda_smollm2" --test-threads=1 --nocapture 2>&1 | log smollm2 ;;
 kernels)
   "$W/bin/smoke" --test-threads=1 2>&1 | log kernels
   "$W/bin/cuda_kernels" --test-threads=1 --nocapture 2>&1 | log kernels ;;
@@ -58,5 +71,5 @@ serve)
 bench)
   shift
   "$W/bin/worker-http" bench --device cuda:0 "$@" 2>&1 | log bench ;;
-*) sed -n 2,12p "$0"; exit 2 ;;
+*) sed -n 2,15p "$0"; exit 2 ;;
 esac
