@@ -125,7 +125,7 @@ impl ApiError {
     /// The OpenAI body.
     pub fn openai_body(&self) -> serde_json::Value {
         let kind = match self.status.as_u16() {
-            400 | 404 | 405 | 409 | 413 => "invalid_request_error",
+            400 | 404 | 405 | 408 | 409 | 413 => "invalid_request_error",
             401 => "authentication_error",
             503 => "service_unavailable_error",
             _ => "server_error",
