@@ -198,7 +198,7 @@ fn a_missing_metadata_key_is_named() {
     );
     let e = load_err(f);
     assert!(e.contains("qwen2.block_count"), "{e}");
-    assert!(matches!(Model::from_gguf(tiny()), Ok(_)));
+    assert!(Model::from_gguf(tiny()).is_ok());
 }
 
 #[test]
