@@ -29,7 +29,10 @@ fn smollm2() -> Option<Arc<Model>> {
 fn smollm2_on_cuda_meets_the_teacher_forced_thresholds() {
     let Some(model) = smollm2() else { return };
     assert_eq!(model.config.arch.name, "llama");
-    assert!(model.weights.tied_output, "SmolLM2 ties its output to the embedding");
+    assert!(
+        model.weights.tied_output,
+        "SmolLM2 ties its output to the embedding"
+    );
     let mut gpu = CudaBackend::new(model, 1024, 0).expect("CUDA backend");
     let cases = common::golden_lines("smollm2/teacher_forced_hf.jsonl");
     teacher::check_teacher_forced_with(&mut gpu, "cuda smollm2", &cases, teacher::SMOLLM2);
@@ -40,7 +43,11 @@ fn smollm2_on_cuda_greedy_says_paris() {
     let Some(model) = smollm2() else { return };
     let tokenizer = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
     let backend = CudaBackend::new(model, 1024, 0).expect("CUDA backend");
-    let cfg = EngineConfig { max_batch: 1, ctx_size: 512, ..Default::default() };
+    let cfg = EngineConfig {
+        max_batch: 1,
+        ctx_size: 512,
+        ..Default::default()
+    };
     let engine = EngineHandle::spawn_with_log(Box::new(backend), tokenizer.clone(), cfg, None);
     let prompt = tokenizer.encode("The capital of France is", true).unwrap();
     let mut sub = engine.submit(GenerateRequest::greedy(prompt, 3)).unwrap();
