@@ -289,3 +289,46 @@ fn cancel_mid_prompt_is_prompt() {
     assert!(ms < 500, "cancel took {ms} ms");
     solo.shutdown(true);
 }
+
+#[test]
+fn a_full_queue_refuses_new_requests_while_the_engine_is_busy() {
+    let tokenizer = engine().tokenizer().clone();
+    let cfg = EngineConfig {
+        max_batch: 1,
+        max_queue: 1,
+        ctx_size: 256,
+        ..Default::default()
+    };
+    let solo = EngineHandle::spawn(
+        Box::new(CpuBackend::new(common::default_model(), 256)),
+        tokenizer,
+        cfg,
+    );
+    let mut a = solo
+        .submit(GenerateRequest::greedy(
+            prompt("Count to one hundred:"),
+            100,
+        ))
+        .unwrap();
+    assert!(
+        matches!(a.events.blocking_recv(), Some(Event::Started { .. })),
+        "a runs"
+    );
+    let b = solo
+        .submit(GenerateRequest::greedy(prompt("Hello"), 4))
+        .expect("one may wait");
+    let c = solo.submit(GenerateRequest::greedy(prompt("Hello"), 4));
+    assert!(
+        matches!(c, Err(worker_core::engine::EngineError::QueueFull(1))),
+        "{c:?}"
+    );
+    a.cancel();
+    b.cancel();
+    solo.shutdown(true);
+    assert_eq!(
+        solo.stats
+            .waiting
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}

@@ -346,8 +346,8 @@ impl Engine {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Submit(seq) => {
-                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 if self.draining {
+                    self.left_queue();
                     self.forget(seq.id);
                     let _ = seq.events.send(Event::Error(EngineError::ShuttingDown));
                 } else {
@@ -378,6 +378,7 @@ impl Engine {
         for mut s in std::mem::take(&mut self.waiting) {
             if s.cancelled() {
                 s.finish(StopReason::Cancelled);
+                self.left_queue();
                 self.forget(s.id);
             } else {
                 self.waiting.push_back(s);
@@ -405,6 +406,7 @@ impl Engine {
             let budget = (seq.n_prompt() + seq.req.max_tokens).min(self.config.ctx_size);
             if self.kv.blocks_for(budget) > self.kv.total() {
                 let seq = self.waiting.pop_front().expect("front exists");
+                self.left_queue();
                 self.forget(seq.id);
                 seq.send(Event::Error(EngineError::InvalidRequest(format!(
                     "the request needs {budget} tokens of KV cache; the pool holds {}",
@@ -417,6 +419,7 @@ impl Engine {
                 break; // wait for running sequences to free blocks
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
+            self.left_queue();
             seq.block_table = table;
             seq.send(Event::Started {
                 seq: seq.id,
@@ -643,6 +646,12 @@ impl Engine {
             self.forget(s.id);
             self.kv.release(&mut s.block_table);
         }
+    }
+
+    /// A request stopped waiting (admitted, cancelled or refused). `stats.waiting` counts
+    /// requests from `submit` until then, whether still in the channel or in the engine's queue.
+    fn left_queue(&self) {
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn forget(&self, id: SeqId) {
