@@ -133,6 +133,59 @@ impl Gpu {
     }
 }
 
+/// Page-locked host memory of `len` plain values (i32, f32), for async copies that need no
+/// staging by the driver and no wait on the stream (the decode graph's inputs and its token).
+/// Plain `cuMemHostAlloc` memory (not write-combined: the host reads it back too).
+pub struct Pinned<T: Copy + Default> {
+    ptr: *mut T,
+    len: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the allocation is owned by this value alone (no aliasing handles exist); the engine
+// moves the backend between threads but uses it from one at a time.
+unsafe impl<T: Copy + Default + Send> Send for Pinned<T> {}
+
+impl<T: Copy + Default> Pinned<T> {
+    pub fn new(ctx: &Arc<CudaContext>, len: usize) -> Result<Self, DriverError> {
+        let len = len.max(1);
+        ctx.bind_to_thread()?;
+        // SAFETY: a plain host allocation of len * size_of::<T>() bytes; initialized below.
+        let ptr = unsafe { cudarc::driver::result::malloc_host(len * std::mem::size_of::<T>(), 0)? }
+            as *mut T;
+        assert!(!ptr.is_null() && ptr.is_aligned());
+        for i in 0..len {
+            // SAFETY: in bounds of the fresh allocation.
+            unsafe { ptr.add(i).write(T::default()) };
+        }
+        Ok(Pinned {
+            ptr,
+            len,
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// The host view. The caller must not write while an async copy from it may be in flight
+    /// (the decode graph synchronizes before it restages).
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: `len` initialized values owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl<T: Copy + Default> Drop for Pinned<T> {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by cuMemHostAlloc in `new`, freed once.
+        let _ = unsafe { cudarc::driver::result::free_host(self.ptr as *mut std::ffi::c_void) };
+    }
+}
+
 /// Whether a driver error is an out-of-memory condition.
 pub fn is_oom(e: &DriverError) -> bool {
     e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY

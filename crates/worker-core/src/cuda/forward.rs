@@ -31,6 +31,9 @@ pub struct Activations {
     pub max_ctx: usize,
     /// The prompt path (cuBLAS f16 GEMM), when enabled.
     pub gemm: Option<Gemm>,
+    /// Fused decode launches (Q/K/V in one matvec, gate/up + SwiGLU in one); off only to
+    /// measure against the unfused path.
+    pub fused: bool,
 }
 
 /// Chunks of more than this many tokens go through the f16 GEMM (when enabled); shorter ones
@@ -187,6 +190,7 @@ impl Activations {
             attn_scratch: s.alloc_zeros(p.attn_scratch.max(1))?,
             max_ctx: p.max_ctx,
             gemm,
+            fused: true,
         })
     }
 }
@@ -249,17 +253,21 @@ pub fn embed(
     act: &mut Activations,
     t: usize,
 ) -> KResult {
+    let Activations { ids, x, .. } = act;
+    embed_from(s, c, w, &*ids, x, t)
+}
+
+/// Embeds the `t` token ids in `ids` into `x`.
+pub fn embed_from(
+    s: &CudaStream,
+    c: &ModelConfig,
+    w: &DeviceWeights,
+    ids: &impl cudarc::driver::DevicePtr<i32>,
+    x: &mut CudaSlice<f32>,
+    t: usize,
+) -> KResult {
     let e = &w.token_embd;
-    k::get_rows(
-        s,
-        e.ty,
-        &e.buf,
-        &act.ids,
-        &mut act.x,
-        t,
-        c.vocab_size,
-        c.d_model,
-    )
+    k::get_rows(s, e.ty, &e.buf, ids, x, t, c.vocab_size, c.d_model)
 }
 
 /// One transformer block over the `t = idx.tokens()` rows of `act.x`.
@@ -295,39 +303,69 @@ pub fn layer(
             eps,
         )?;
     }
-    matmul_any(
-        s,
-        gm(&mut a.gemm, use_gemm),
-        &l.wq,
-        &a.h,
-        &a.q8,
-        l.bq.as_ref(),
-        &mut a.q,
-        t,
-        false,
-    )?;
-    matmul_any(
-        s,
-        gm(&mut a.gemm, use_gemm),
-        &l.wk,
-        &a.h,
-        &a.q8,
-        l.bk.as_ref(),
-        &mut a.k,
-        t,
-        false,
-    )?;
-    matmul_any(
-        s,
-        gm(&mut a.gemm, use_gemm),
-        &l.wv,
-        &a.h,
-        &a.q8,
-        l.bv.as_ref(),
-        &mut a.v,
-        t,
-        false,
-    )?;
+    let fused_qkv =
+        a.fused && !use_gemm && l.wq.is_quantized() && l.wk.is_quantized() && l.wv.is_quantized();
+    if fused_qkv {
+        // Q, K and V (biases in the epilogue) in one launch.
+        let mut parts = [
+            k::MultiPart {
+                ty: l.wq.ty,
+                w: &l.wq.buf,
+                bias: l.bq.as_ref(),
+                out: &mut a.q,
+                n: l.wq.rows,
+            },
+            k::MultiPart {
+                ty: l.wk.ty,
+                w: &l.wk.buf,
+                bias: l.bk.as_ref(),
+                out: &mut a.k,
+                n: l.wk.rows,
+            },
+            k::MultiPart {
+                ty: l.wv.ty,
+                w: &l.wv.buf,
+                bias: l.bv.as_ref(),
+                out: &mut a.v,
+                n: l.wv.rows,
+            },
+        ];
+        k::matvec_q_multi(s, &mut parts, &a.q8, d, t)?;
+    } else {
+        matmul_any(
+            s,
+            gm(&mut a.gemm, use_gemm),
+            &l.wq,
+            &a.h,
+            &a.q8,
+            l.bq.as_ref(),
+            &mut a.q,
+            t,
+            false,
+        )?;
+        matmul_any(
+            s,
+            gm(&mut a.gemm, use_gemm),
+            &l.wk,
+            &a.h,
+            &a.q8,
+            l.bk.as_ref(),
+            &mut a.k,
+            t,
+            false,
+        )?;
+        matmul_any(
+            s,
+            gm(&mut a.gemm, use_gemm),
+            &l.wv,
+            &a.h,
+            &a.q8,
+            l.bv.as_ref(),
+            &mut a.v,
+            t,
+            false,
+        )?;
+    }
     k::rope_kv_write(
         s,
         &mut a.q,
@@ -375,29 +413,49 @@ pub fn layer(
             eps,
         )?;
     }
-    matmul_any(
-        s,
-        gm(&mut a.gemm, use_gemm),
-        &l.w_gate,
-        &a.h,
-        &a.q8,
-        None,
-        &mut a.gate,
-        t,
-        false,
-    )?;
-    matmul_any(
-        s,
-        gm(&mut a.gemm, use_gemm),
-        &l.w_up,
-        &a.h,
-        &a.q8,
-        None,
-        &mut a.up,
-        t,
-        false,
-    )?;
-    k::silu_mul_inplace(s, &mut a.gate, &a.up, t * c.d_ff)?;
+    let fused_swiglu = a.fused
+        && !use_gemm
+        && l.w_gate.is_quantized()
+        && l.w_gate.ty == l.w_up.ty
+        && l.w_gate.cols == l.w_up.cols;
+    if fused_swiglu {
+        // gate, up and silu(gate) * up in one launch.
+        k::matvec_q_swiglu(
+            s,
+            l.w_gate.ty,
+            &l.w_gate.buf,
+            &l.w_up.buf,
+            &a.q8,
+            &mut a.gate,
+            l.w_gate.rows,
+            l.w_gate.cols,
+            t,
+        )?;
+    } else {
+        matmul_any(
+            s,
+            gm(&mut a.gemm, use_gemm),
+            &l.w_gate,
+            &a.h,
+            &a.q8,
+            None,
+            &mut a.gate,
+            t,
+            false,
+        )?;
+        matmul_any(
+            s,
+            gm(&mut a.gemm, use_gemm),
+            &l.w_up,
+            &a.h,
+            &a.q8,
+            None,
+            &mut a.up,
+            t,
+            false,
+        )?;
+        k::silu_mul_inplace(s, &mut a.gate, &a.up, t * c.d_ff)?;
+    }
     if !use_gemm && l.w_down.is_quantized() {
         k::quantize_q8_1(s, &a.gate, &mut a.q8, t, c.d_ff)?;
     }
@@ -471,19 +529,38 @@ pub fn output_head(
     act: &mut Activations,
     r: usize,
 ) -> KResult {
+    let OutputBuffers { xf, hf, logits, .. } = out;
+    let Activations { q8, gemm, cap, .. } = act;
+    output_head_from(s, c, w, &*xf, hf, logits, q8, gemm.as_mut(), *cap, r)
+}
+
+/// [`output_head`] with the final hidden rows read from `src` (e.g. straight from `act.x`).
+#[allow(clippy::too_many_arguments)]
+pub fn output_head_from(
+    s: &CudaStream,
+    c: &ModelConfig,
+    w: &DeviceWeights,
+    src: &impl cudarc::driver::DevicePtr<f32>,
+    hf_buf: &mut CudaSlice<f32>,
+    logits: &mut CudaSlice<f32>,
+    q8: &mut CudaSlice<u8>,
+    gemm: Option<&mut Gemm>,
+    cap: usize,
+    r: usize,
+) -> KResult {
     let (d, v) = (c.d_model, c.vocab_size);
-    k::rmsnorm(s, &out.xf, &w.output_norm, &mut out.hf, r, d, c.rms_eps)?;
+    k::rmsnorm(s, src, &w.output_norm, hf_buf, r, d, c.rms_eps)?;
     let head = w.output();
     if r >= GEMM_MIN_T
-        && let Some(g) = act.gemm.as_mut()
+        && let Some(g) = gemm
     {
         // Row chunks that fit the f16 activation scratch.
         let per = (g.x16.len() / d).max(1);
         let mut r0 = 0;
         while r0 < r {
             let n = per.min(r - r0);
-            let hf = out.hf.slice(r0 * d..(r0 + n) * d);
-            let mut lg = out.logits.slice_mut(r0 * v..(r0 + n) * v);
+            let hf = hf_buf.slice(r0 * d..(r0 + n) * d);
+            let mut lg = logits.slice_mut(r0 * v..(r0 + n) * v);
             matmul_gemm(s, g, head, &hf, None, &mut lg, n, false)?;
             r0 += n;
         }
@@ -491,13 +568,13 @@ pub fn output_head(
     }
     let mut r0 = 0;
     while r0 < r {
-        let n = (r - r0).min(act.cap);
-        let hf = out.hf.slice(r0 * d..(r0 + n) * d);
-        let mut lg = out.logits.slice_mut(r0 * v..(r0 + n) * v);
+        let n = (r - r0).min(cap);
+        let hf = hf_buf.slice(r0 * d..(r0 + n) * d);
+        let mut lg = logits.slice_mut(r0 * v..(r0 + n) * v);
         if head.is_quantized() {
-            k::quantize_q8_1(s, &hf, &mut act.q8, n, d)?;
+            k::quantize_q8_1(s, &hf, q8, n, d)?;
             k::matvec_q(
-                s, head.ty, &head.buf, &act.q8, None, &mut lg, head.rows, head.cols, n, false,
+                s, head.ty, &head.buf, &*q8, None, &mut lg, head.rows, head.cols, n, false,
             )?;
         } else {
             k::matvec_f(

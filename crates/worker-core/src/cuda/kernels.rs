@@ -213,6 +213,107 @@ pub fn matvec_q(
     })
 }
 
+/// One output of [`matvec_q_multi`]: a block-quantized W [n, k], optional bias [n], out [t, n].
+pub struct MultiPart<'a> {
+    pub ty: wk_dtype,
+    pub w: &'a CudaSlice<u8>,
+    pub bias: Option<&'a CudaSlice<f32>>,
+    pub out: &'a mut CudaSlice<f32>,
+    pub n: usize,
+}
+
+/// Several quantized matvecs of the same q8_1 activations `q8 [t, k]` in ONE launch (e.g. Q, K
+/// and V with their biases): `part.out[t, :] = part.W · x[t, :] (+ part.bias)`.
+pub fn matvec_q_multi(
+    s: &CudaStream,
+    parts: &mut [MultiPart<'_>],
+    q8: &impl DevicePtr<u8>,
+    k: usize,
+    t: usize,
+) -> KResult {
+    if parts.is_empty() || parts.len() > sys::WK_MATVEC_MAX_PARTS as usize {
+        return Err(invalid(format!("matvec_q_multi: {} parts", parts.len())));
+    }
+    need("matvec_q_multi q8", q8.len(), q8_bytes(t, k))?;
+    let (ki, ti) = (int("K", k)?, int("T", t)?);
+    let mut descs = Vec::with_capacity(parts.len());
+    for p in parts.iter_mut() {
+        if !is_quantized(p.ty) {
+            return Err(invalid(format!(
+                "matvec_q_multi: type {} is not block-quantized",
+                p.ty.0
+            )));
+        }
+        need("matvec_q_multi W", p.w.len(), p.n * row_bytes(p.ty, k)?)?;
+        need("matvec_q_multi out", p.out.len(), t * p.n)?;
+        if let Some(b) = p.bias {
+            need("matvec_q_multi bias", b.len(), p.n)?;
+        }
+        descs.push(sys::wk_matvec_part {
+            type_: p.ty,
+            W: rd(p.w, s) as *const c_void,
+            bias: p.bias.map_or(std::ptr::null(), |b| rd(b, s)),
+            out: wr(p.out, s),
+            N: int("N", p.n)?,
+            accumulate: 0,
+        });
+    }
+    // SAFETY: sizes checked above; the outputs are distinct `&mut` buffers (they cannot overlap);
+    // the descriptors are copied into the launch's parameters before this returns.
+    sys::check(unsafe {
+        sys::wk_matvec_q_multi(
+            stream_handle(s),
+            descs.as_ptr(),
+            descs.len() as i32,
+            rd(q8, s) as *const c_void,
+            ki,
+            ti,
+        )
+    })
+}
+
+/// `out [t, n] = silu(Wg · x) * (Wu · x)` in one launch; Wg and Wu [n, k] of the same quantized
+/// type, x given as q8_1 `q8 [t, k]`.
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_q_swiglu(
+    s: &CudaStream,
+    ty: wk_dtype,
+    wg: &impl DevicePtr<u8>,
+    wu: &impl DevicePtr<u8>,
+    q8: &impl DevicePtr<u8>,
+    out: &mut impl DevicePtrMut<f32>,
+    n: usize,
+    k: usize,
+    t: usize,
+) -> KResult {
+    if !is_quantized(ty) {
+        return Err(invalid(format!(
+            "matvec_q_swiglu: type {} is not block-quantized",
+            ty.0
+        )));
+    }
+    let rb = row_bytes(ty, k)?;
+    need("matvec_q_swiglu Wg", wg.len(), n * rb)?;
+    need("matvec_q_swiglu Wu", wu.len(), n * rb)?;
+    need("matvec_q_swiglu q8", q8.len(), q8_bytes(t, k))?;
+    need("matvec_q_swiglu out", out.len(), t * n)?;
+    let (ni, ki, ti) = (int("N", n)?, int("K", k)?, int("T", t)?);
+    // SAFETY: sizes checked above; `out` is f32 and cannot alias the u8 `q8` buffer.
+    sys::check(unsafe {
+        sys::wk_matvec_q_swiglu(
+            stream_handle(s),
+            ty,
+            rd(wg, s) as *const c_void,
+            rd(wu, s) as *const c_void,
+            rd(q8, s) as *const c_void,
+            wr(out, s),
+            ni,
+            ki,
+            ti,
+        )
+    })
+}
+
 /// As [`matvec_q`] for F32/F16/BF16 weights with f32 activations x [t, k].
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_f(
@@ -389,7 +490,7 @@ pub fn rope_kv_write(
         int("max_blocks", idx.max_blocks())?,
     );
     let seq_ids = if idx.is_decode() {
-        rd(&idx.seq_ids, s)
+        rd(&idx.seq_ids(), s)
     } else {
         std::ptr::null()
     };
@@ -406,9 +507,9 @@ pub fn rope_kv_write(
             wr(q, s),
             wr(k, s),
             rd(v, s),
-            rd(&idx.pos, s),
+            rd(&idx.pos(), s),
             seq_ids,
-            rd(&idx.block_table, s),
+            rd(&idx.block_table(), s),
             mb,
             kc,
             vc,
@@ -496,9 +597,9 @@ pub fn attention_decode(
             rd(q, s),
             kc,
             vc,
-            rd(&idx.block_table, s),
+            rd(&idx.block_table(), s),
             mb,
-            rd(&idx.seq_lens, s),
+            rd(&idx.seq_lens(), s),
             wr(out, s),
             scratch_ptr,
             scratch_bytes,
@@ -553,8 +654,8 @@ pub fn attention_prefill(
             rd(q, s),
             kc,
             vc,
-            rd(&idx.block_table, s),
-            rd(&idx.pos, s),
+            rd(&idx.block_table(), s),
+            rd(&idx.pos(), s),
             wr(out, s),
             ti,
             hq,

@@ -17,6 +17,7 @@
 
 pub mod device;
 pub mod forward;
+pub mod graph;
 pub mod kernels;
 pub mod kv;
 pub mod sample;
@@ -59,6 +60,12 @@ pub struct CudaConfig {
     /// to f16 in row chunks; off (or without libcublas) they use the dp4a matvec like decode.
     /// `WORKER_ORCD_PROMPT_GEMM=0` turns it off.
     pub prompt_gemm: bool,
+    /// A forward of ONE single-token sequence (plain decode) replays a CUDA graph of the whole
+    /// step (see [`graph`]); off, it is launched eagerly. `WORKER_ORCD_CUDA_GRAPH=0` turns it off.
+    pub decode_graph: bool,
+    /// Fused decode matvecs (Q/K/V in one launch, gate/up + SwiGLU in one). Off only to measure
+    /// the unfused path: `WORKER_ORCD_CUDA_FUSED=0`.
+    pub fused_decode: bool,
 }
 
 impl Default for CudaConfig {
@@ -69,6 +76,8 @@ impl Default for CudaConfig {
             max_logit_rows: 64,
             max_vram_bytes: None,
             prompt_gemm: true,
+            decode_graph: true,
+            fused_decode: true,
         }
     }
 }
@@ -78,9 +87,12 @@ impl CudaConfig {
     /// GEMM off when `WORKER_ORCD_PROMPT_GEMM=0`.
     pub fn from_env() -> Self {
         let gemm_off = std::env::var("WORKER_ORCD_PROMPT_GEMM").is_ok_and(|v| v.trim() == "0");
+        let graph_off = std::env::var("WORKER_ORCD_CUDA_GRAPH").is_ok_and(|v| v.trim() == "0");
         CudaConfig {
             max_vram_bytes: device::budget_from_env(),
             prompt_gemm: !gemm_off,
+            decode_graph: !graph_off,
+            fused_decode: !std::env::var("WORKER_ORCD_CUDA_FUSED").is_ok_and(|v| v.trim() == "0"),
             ..Default::default()
         }
     }
@@ -174,6 +186,8 @@ pub struct CudaBackend {
     act: Activations,
     out: OutputBuffers,
     sampler: Sampler,
+    /// The single-sequence decode graphs (None when `cfg.decode_graph` is off).
+    graphs: Option<graph::DecodeGraphs>,
     cfg: CudaConfig,
     num_blocks: usize,
     /// Logits rows the last forward produced.
@@ -237,7 +251,12 @@ impl CudaBackend {
         } else {
             0
         };
-        let activations = ap.bytes(c) + KvIndex::bytes_for(cap, table) + gemm;
+        let graphs = if cfg.decode_graph {
+            graph::DecodeGraphs::bytes_for(max_ctx / KV_BLOCK_SIZE)
+        } else {
+            0
+        };
+        let activations = ap.bytes(c) + KvIndex::bytes_for(cap, table) + gemm + graphs;
         let logits = OutputBuffers::bytes_for(c, cfg.max_logit_rows.max(1));
         let sampler = Sampler::bytes_for(c.vocab_size).map_err(CudaInitError::Unsupported)?;
         Ok(VramPlan {
@@ -321,12 +340,21 @@ impl CudaBackend {
         } else {
             None
         };
-        let act = Activations::new(&s, &c, &ap, gemm).map_err(|e| oom_or("activations", e))?;
+        let mut act = Activations::new(&s, &c, &ap, gemm).map_err(|e| oom_or("activations", e))?;
+        act.fused = cfg.fused_decode;
         let idx = KvIndex::new(&s, cap, table_entries(&cfg, num_blocks))
             .map_err(|e| oom_or("the KV index", e))?;
         let out =
             OutputBuffers::new(&s, &c, cfg.max_logit_rows).map_err(|e| oom_or("logits", e))?;
         let sampler = Sampler::new(&gpu, c.vocab_size).map_err(CudaInitError::Cuda)?;
+        let graphs = if cfg.decode_graph {
+            Some(
+                graph::DecodeGraphs::new(&gpu.ctx, &s, max_ctx / KV_BLOCK_SIZE)
+                    .map_err(|e| oom_or("the decode graph inputs", e))?,
+            )
+        } else {
+            None
+        };
         gpu.sync().map_err(|e| CudaInitError::Cuda(e.to_string()))?;
         tracing::info!(
             "CUDA backend on {device_name}: {} planned ({}); {} free before loading",
@@ -343,6 +371,7 @@ impl CudaBackend {
             act,
             out,
             sampler,
+            graphs,
             cfg,
             num_blocks,
             rows: 0,
@@ -379,6 +408,10 @@ impl CudaBackend {
                 mib(b),
                 mib(b.saturating_sub(self.bytes_used))
             )));
+        }
+        // The decode graphs address the logits buffers: capture them again after this.
+        if let Some(g) = self.graphs.as_mut() {
+            g.invalidate();
         }
         // Free the old buffers first so the peak is the new size, not old + new.
         let old_rows = self.out.rows;
@@ -650,6 +683,45 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Runs `batch` as one replay of the decode graph when it is a single one-token sequence
+    /// that wants logits and is not traced; false when it must go the eager way.
+    fn graph_step(&mut self, batch: &[BatchItem<'_>]) -> Result<bool, BackendError> {
+        let [item] = batch else {
+            return Ok(false);
+        };
+        if item.tokens.len() != 1 || item.logits == LogitsWanted::None || item.trace.is_some() {
+            return Ok(false);
+        }
+        let Some(g) = self.graphs.as_mut() else {
+            return Ok(false);
+        };
+        let blocks = (item.start_pos + 1).div_ceil(KV_BLOCK_SIZE);
+        let Some(width) = g.width_for(blocks) else {
+            return Ok(false);
+        };
+        let c = &self.model.config;
+        g.step(
+            c,
+            &self.w,
+            &mut self.kv,
+            &mut self.act,
+            &mut self.out,
+            item.tokens[0] as i32,
+            item.start_pos,
+            item.block_table,
+            width,
+            self.num_blocks,
+            KV_BLOCK_SIZE,
+        )
+        .map_err(kerr)?;
+        Ok(true)
+    }
+
+    /// Decode graphs captured so far (for tests).
+    pub fn decode_graphs_captured(&self) -> usize {
+        self.graphs.as_ref().map_or(0, |g| g.captured())
+    }
+
     fn row_check(&self, row: usize) -> Result<(), BackendError> {
         if row >= self.rows {
             return Err(BackendError::Invalid(format!(
@@ -684,6 +756,17 @@ fn use_gemm(cfg: &CudaConfig) -> bool {
 fn max_decode_ctx(c: &crate::model::ModelConfig, num_blocks: usize) -> usize {
     (num_blocks * KV_BLOCK_SIZE)
         .min(c.context_length.max(1).div_ceil(KV_BLOCK_SIZE) * KV_BLOCK_SIZE)
+}
+
+/// A request the graph's argmax answers: greedy, no log-probabilities, no penalties.
+fn plain_greedy(r: &SampleRequest<'_>) -> bool {
+    let p = r.params;
+    let penalized = p.repetition_penalty != 1.0 && p.penalty_last_n > 0 && !r.history.is_empty();
+    p.is_greedy()
+        && r.logprobs.is_none()
+        && !penalized
+        && p.presence_penalty == 0.0
+        && p.frequency_penalty == 0.0
 }
 
 /// Logits rows an item produces.
@@ -725,6 +808,13 @@ impl Backend for CudaBackend {
         }
         let total: usize = batch.iter().map(rows_of).sum();
         self.ensure_rows(total)?;
+        if let Some(g) = self.graphs.as_mut() {
+            g.set_token_ready(false);
+        }
+        if self.graph_step(batch)? {
+            self.rows = 1;
+            return Ok(());
+        }
         let max_seqs = self.cfg.max_decode_seqs.max(1).min(self.act.cap);
         let mut row = 0;
         let mut i = 0;
@@ -751,6 +841,26 @@ impl Backend for CudaBackend {
 
     fn sample(&mut self, requests: &[SampleRequest<'_>]) -> Result<Vec<Sampled>, BackendError> {
         self.gpu.bind().map_err(drv)?;
+        if let [r] = requests
+            && r.row == 0
+            && self.rows == 1
+            && plain_greedy(r)
+            && let Some(g) = self.graphs.as_mut()
+            && g.token_ready()
+        {
+            // The graph step already took the argmax of this row: one pinned 4-byte read.
+            let token = g.read_token().map_err(drv)?;
+            let v = self.model.config.vocab_size;
+            if token < 0 || token as usize >= v {
+                return Err(BackendError::Cuda(format!(
+                    "device argmax returned token {token} outside [0, {v})"
+                )));
+            }
+            return Ok(vec![Sampled {
+                token: token as u32,
+                logprob: None,
+            }]);
+        }
         self.sampler
             .sample(&self.gpu, &self.out.logits, self.rows, requests)
     }
