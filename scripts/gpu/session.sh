@@ -12,6 +12,7 @@
 #   bash scripts/gpu/session.sh model        # whole-model CUDA tests on the real model
 #   bash scripts/gpu/session.sh sanitize     # compute-sanitizer memcheck on a short generation
 #   bash scripts/gpu/session.sh serve        # the worker on cuda:0, a greedy request over HTTP
+#   bash scripts/gpu/session.sh parity       # checkpoint log of the golden prompts on cuda:0 -> $OUT
 #   bash scripts/gpu/session.sh bench ARGS   # worker-http bench --device cuda:0 ARGS
 set -uo pipefail
 W=/tmp/w
@@ -68,8 +69,15 @@ serve)
     -d '{"messages":[{"role":"user","content":"Write a haiku about GPU memory."}],"max_tokens":40,"temperature":0}' | log serve
   echo | log serve
   kill -TERM $pid; wait $pid; echo "serve exit: $?" | log serve ;;
+parity)
+  ORCH_LOG_FILE=$OUT/cuda_parity.jsonl "$W/bin/worker-http" --device cuda:0 --port 18081 > "$OUT/parity_serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do curl -sf localhost:18081/health > /dev/null && break; sleep 0.1; done
+  python3 scripts/gpu/parity_requests.py "$W/golden" 18081 | log parity
+  kill -TERM $pid; wait $pid; echo "serve exit: $?" | log parity
+  wc -l "$OUT/cuda_parity.jsonl" | log parity ;;
 bench)
   shift
   "$W/bin/worker-http" bench --device cuda:0 "$@" 2>&1 | log bench ;;
-*) sed -n 2,15p "$0"; exit 2 ;;
+*) sed -n 2,16p "$0"; exit 2 ;;
 esac
