@@ -18,6 +18,7 @@ pub use config::{DEFAULT_TEAM, DEFAULT_TOP_K, DEFAULT_VALUES, LayerFilter, SinkC
 pub use host::HostSlice;
 pub use line::{LogLine, Stage, Stats, UnknownStage};
 pub use sink::{Checkpoint, Sink};
+pub use stats::utc_timestamp;
 
 /// Everything that can go wrong in the sink.
 #[derive(Debug, thiserror::Error)]

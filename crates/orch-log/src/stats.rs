@@ -97,7 +97,7 @@ pub(crate) fn top_k(data: &HostSlice<'_>, k: usize) -> Vec<(u32, f64)> {
 }
 
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ`, without a date-time dependency.
-pub(crate) fn utc_timestamp() -> String {
+pub fn utc_timestamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

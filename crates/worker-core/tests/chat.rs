@@ -1,6 +1,8 @@
 //! Chat formatting with the models' own templates, checked against the exact prompts
 //! llama.cpp was given for the goldens (`shared/golden/**/greedy_llamacpp.jsonl`).
 
+mod common;
+
 use serde_json::Value as Json;
 use std::path::PathBuf;
 use worker_core::gguf::GgufFile;
@@ -9,27 +11,9 @@ use worker_core::tokenizer::{ChatError, ChatMessage, ChatTemplate, Tokenizer};
 const QWEN_DEFAULT_SYSTEM: &str =
     "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
-/// The known model whose cached file is `file`, fetched if needed.
-fn fetch_known(file: &str) -> PathBuf {
-    let known = worker_core::fetch::KNOWN_MODELS
-        .iter()
-        .find(|m| m.file_name == file)
-        .unwrap_or_else(|| panic!("{file} is not a known model"));
-    worker_core::fetch::ensure_model(known).unwrap_or_else(|e| panic!("fetching {file}: {e}"))
-}
-
-fn golden_dir() -> PathBuf {
-    let beside_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
-    if beside_repo.is_dir() {
-        beside_repo
-    } else {
-        PathBuf::from("/work/shared/golden")
-    }
-}
-
 fn open_model(file: &str) -> Option<GgufFile> {
     // Fetched into the cache on first use: these tests never skip for lack of the file.
-    let path = fetch_known(file);
+    let path = common::known_model_file(file);
     Some(GgufFile::open(&path).expect("open gguf"))
 }
 
@@ -151,7 +135,7 @@ fn qwen_template_reproduces_the_golden_chat_prompts() {
     };
     let chat = ChatTemplate::from_gguf(&gguf).unwrap();
     let tok = Tokenizer::from_gguf(&gguf).unwrap();
-    let chats = golden_chats(golden_dir().join("greedy_llamacpp.jsonl"));
+    let chats = golden_chats(common::golden_dir().join("greedy_llamacpp.jsonl"));
     assert!(
         chats.len() >= 5,
         "expected the haiku, chinese, rust, json and long prompts"
@@ -177,7 +161,7 @@ fn smollm2_template_reproduces_the_golden_chat_prompts() {
         return;
     };
     let chat = ChatTemplate::from_gguf(&gguf).unwrap();
-    let chats = golden_chats(golden_dir().join("smollm2/greedy_llamacpp.jsonl"));
+    let chats = golden_chats(common::golden_dir().join("smollm2/greedy_llamacpp.jsonl"));
     assert!(!chats.is_empty());
     for (prompt, messages, _) in &chats {
         assert_eq!(&chat.render(messages, true).unwrap(), prompt);

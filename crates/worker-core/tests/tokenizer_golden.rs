@@ -2,6 +2,8 @@
 //! (`shared/golden/tokenizer_*.jsonl`, `greedy_llamacpp.jsonl`). The model files are fetched
 //! into the cache on first use.
 
+mod common;
+
 use serde_json::Value as Json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,24 +12,6 @@ use worker_core::tokenizer::{TokenAttr, Tokenizer, TokenizerError};
 
 const QWEN_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 const SMOLLM_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// The known model whose cached file is `file`, fetched if needed.
-fn fetch_known(file: &str) -> PathBuf {
-    let known = worker_core::fetch::KNOWN_MODELS
-        .iter()
-        .find(|m| m.file_name == file)
-        .unwrap_or_else(|| panic!("{file} is not a known model"));
-    worker_core::fetch::ensure_model(known).unwrap_or_else(|e| panic!("fetching {file}: {e}"))
-}
-
-fn golden_dir() -> PathBuf {
-    let beside_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
-    if beside_repo.is_dir() {
-        beside_repo
-    } else {
-        PathBuf::from("/work/shared/golden")
-    }
-}
 
 fn read_jsonl(path: PathBuf) -> Vec<Json> {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -47,7 +31,7 @@ fn ids(v: &Json) -> Vec<u32> {
 
 fn load(file: &str) -> Option<(GgufFile, Tokenizer)> {
     // Fetched into the cache on first use: these tests never skip for lack of the file.
-    let path = fetch_known(file);
+    let path = common::known_model_file(file);
     let gguf = GgufFile::open(&path).expect("open gguf");
     let t0 = Instant::now();
     let tok = Tokenizer::from_gguf(&gguf).expect("tokenizer");
@@ -129,13 +113,13 @@ fn check_greedy_prompts(tok: &Tokenizer, dir: PathBuf) {
 #[test]
 fn qwen_matches_llamacpp_and_hf_token_ids() {
     let Some((_, tok)) = qwen() else { return };
-    check_tokenizer_goldens(&tok, golden_dir());
+    check_tokenizer_goldens(&tok, common::golden_dir());
 }
 
 #[test]
 fn qwen_greedy_prompts_tokenize_like_llamacpp() {
     let Some((_, tok)) = qwen() else { return };
-    check_greedy_prompts(&tok, golden_dir());
+    check_greedy_prompts(&tok, common::golden_dir());
 }
 
 #[test]
@@ -256,8 +240,8 @@ fn smollm2_matches_llamacpp_and_hf_token_ids() {
         tok.is_eog(2) && tok.is_eog(0),
         "<|im_end|> and <|endoftext|> end generation"
     );
-    check_tokenizer_goldens(&tok, golden_dir().join("smollm2"));
-    check_greedy_prompts(&tok, golden_dir().join("smollm2"));
+    check_tokenizer_goldens(&tok, common::golden_dir().join("smollm2"));
+    check_greedy_prompts(&tok, common::golden_dir().join("smollm2"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,12 +8,22 @@ use worker_core::model::Model;
 /// The golden files: `../shared/golden` beside the checkout, or `$WORKER_ORCD_GOLDEN` (used on
 /// the GPU machine, where test binaries run away from the source tree).
 pub fn golden(name: &str) -> PathBuf {
-    let dir = std::env::var_os("WORKER_ORCD_GOLDEN")
+    golden_dir().join(name)
+}
+
+pub fn golden_dir() -> PathBuf {
+    std::env::var_os("WORKER_ORCD_GOLDEN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
-        });
-    dir.join(name)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"))
+}
+
+/// The known model whose cached file is `file`, fetched if needed.
+pub fn known_model_file(file: &str) -> PathBuf {
+    let known = worker_core::fetch::KNOWN_MODELS
+        .iter()
+        .find(|m| m.file_name == file)
+        .unwrap_or_else(|| panic!("{file} is not a known model"));
+    worker_core::fetch::ensure_model(known).unwrap_or_else(|e| panic!("fetching {file}: {e}"))
 }
 
 pub fn golden_lines(name: &str) -> Vec<serde_json::Value> {
