@@ -20,40 +20,52 @@ __global__ void __launch_bounds__(NORM_THREADS)
     for (int k = threadIdx.x; k < K; k += blockDim.x) orow[k] = xr[k] * r * w[k];
 }
 
-// One block per row t: optionally RMS-normalizes (NORM) then quantizes to q8_1 blocks
-// q8 [T, K/32]. Each warp quantizes whole 32-value blocks: lane l owns value l of the block.
+// Warps (= q8_1 blocks of 32 values) per thread block of the quantize kernels.
+constexpr int QUANT_WARPS = 4;
+
+// grid (ceil(K/32 / QUANT_WARPS), T), QUANT_WARPS warps: optionally RMS-normalizes (NORM) then
+// quantizes to q8_1 blocks q8 [T, K/32]. Each warp quantizes one 32-value block (lane l owns
+// value l), so a row is spread over many thread blocks instead of looping in one (a decode row of
+// K = 4864 used to take 19 dependent rounds on one SM). With NORM every thread block computes the
+// row's sum of squares itself (the same reduction in each, so the same scale everywhere).
 template <bool NORM>
-__global__ void __launch_bounds__(NORM_THREADS)
+__global__ void __launch_bounds__(QUANT_WARPS * 32)
     quantize_q8_1_kernel(const float *__restrict__ x, const float *__restrict__ w,
                          uint8_t *__restrict__ q8, int K, float eps) {
     __shared__ float red[32];
-    const float *xr = x + (size_t)blockIdx.x * K;
+    const float *xr = x + (size_t)blockIdx.y * K;
     const int nblocks = K / 32;
-    uint8_t *qrow = q8 + (size_t)blockIdx.x * nblocks * WK_Q8_1_BLOCK_BYTES;
+    uint8_t *qrow = q8 + (size_t)blockIdx.y * nblocks * WK_Q8_1_BLOCK_BYTES;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int b = blockIdx.x * QUANT_WARPS + warp;
+    // This warp's value, loaded before the (NORM) reduction so both loads are in flight together.
+    const float xv = b < nblocks ? xr[b * 32 + lane] : 0.0f;
     float r = 1.0f;
     if (NORM) {
         float ss = 0.0f;
+#pragma unroll 4
         for (int k = threadIdx.x; k < K; k += blockDim.x) ss += xr[k] * xr[k];
         ss = wk::block_sum(ss, red);
         r = rsqrtf(ss / (float)K + eps);
     }
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-    for (int b = warp; b < nblocks; b += nwarps) {
-        const int k = b * 32 + lane;
-        const float v = NORM ? xr[k] * r * w[k] : xr[k];
-        const float amax = wk::warp_max(fabsf(v));
-        const float d = amax / 127.0f;
-        const int q = amax == 0.0f ? 0 : __float2int_rn(v / d);
-        const int qsum = wk::warp_sum_int(q);
-        uint8_t *blk = qrow + (size_t)b * WK_Q8_1_BLOCK_BYTES;
-        blk[4 + lane] = (uint8_t)(int8_t)q;
-        if (lane == 0) {
-            // s = d * sum(q): exactly the sum the matvec's integer dot product sees.
-            ((__half *)blk)[0] = __float2half_rn(d);
-            ((__half *)blk)[1] = __float2half_rn(d * (float)qsum);
-        }
+    if (b >= nblocks) return;  // whole warps only: no shuffle is left half-joined
+    const int k = b * 32 + lane;
+    const float v = NORM ? xv * r * w[k] : xv;
+    const float amax = wk::warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const int q = amax == 0.0f ? 0 : __float2int_rn(v / d);
+    const int qsum = wk::warp_sum_int(q);
+    uint8_t *blk = qrow + (size_t)b * WK_Q8_1_BLOCK_BYTES;
+    blk[4 + lane] = (uint8_t)(int8_t)q;
+    if (lane == 0) {
+        // s = d * sum(q): exactly the sum the matvec's integer dot product sees.
+        ((__half *)blk)[0] = __float2half_rn(d);
+        ((__half *)blk)[1] = __float2half_rn(d * (float)qsum);
     }
 }
+
+// Launch shape of the quantize kernels for T rows of K values.
+dim3 quant_grid(int T, int K) { return dim3(wk::ceil_div(K / 32, QUANT_WARPS), T); }
 
 }  // namespace
 
@@ -74,8 +86,9 @@ extern "C" int wk_quantize_q8_1(wk_stream_t stream, const float *x, void *q8, in
     WK_REQUIRE(x != nullptr && q8 != nullptr);
     WK_REQUIRE(T >= 0 && K > 0 && K % 32 == 0);
     WK_REQUIRE((uintptr_t)q8 % 4 == 0);
+    WK_REQUIRE(T <= 65535);  // gridDim.y
     if (T == 0) return WK_OK;
-    quantize_q8_1_kernel<false><<<T, NORM_THREADS, 0, wk::as_stream(stream)>>>(
+    quantize_q8_1_kernel<false><<<quant_grid(T, K), QUANT_WARPS * 32, 0, wk::as_stream(stream)>>>(
         x, nullptr, (uint8_t *)q8, K, 0.0f);
     WK_LAUNCH_CHECK("quantize_q8_1_kernel<false>");
     return WK_OK;
@@ -87,8 +100,9 @@ extern "C" int wk_rmsnorm_quantize_q8_1(wk_stream_t stream, const float *x, cons
     WK_REQUIRE(x != nullptr && w != nullptr && q8 != nullptr);
     WK_REQUIRE(T >= 0 && K > 0 && K % 32 == 0);
     WK_REQUIRE((uintptr_t)q8 % 4 == 0);
+    WK_REQUIRE(T <= 65535);  // gridDim.y
     if (T == 0) return WK_OK;
-    quantize_q8_1_kernel<true><<<T, NORM_THREADS, 0, wk::as_stream(stream)>>>(
+    quantize_q8_1_kernel<true><<<quant_grid(T, K), QUANT_WARPS * 32, 0, wk::as_stream(stream)>>>(
         x, w, (uint8_t *)q8, K, eps);
     WK_LAUNCH_CHECK("quantize_q8_1_kernel<true>");
     return WK_OK;

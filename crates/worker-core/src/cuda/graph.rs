@@ -175,10 +175,13 @@ impl DecodeGraphs {
         s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(cuda_err)?;
         let body = Self::record(&s, c, w, kv, act, out, &self.idx, &mut self.token_dev);
-        let end = s.end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD);
+        let end = s.end_capture(CUgraphInstantiate_flags(0));
         body?;
         match end {
-            Ok(Some(g)) => Ok(g),
+            Ok(Some(g)) => {
+                g.upload().map_err(cuda_err)?;
+                Ok(g)
+            }
             Ok(None) => Err(cuda_err(DriverError(
                 cudarc::driver::sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
             ))),
