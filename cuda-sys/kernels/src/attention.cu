@@ -48,11 +48,14 @@ __global__ void __launch_bounds__(ATT_THREADS)
                              int max_splits, float scale) {
     static_assert(ATT_SPLIT == ATT_THREADS, "one key per thread in the score phase");
     static_assert(HD % 8 == 0, "K rows are read 8 halves at a time");
-    // HD <= ATT_THREADS: GROUPS thread groups each own every dimension for a share of the keys.
-    // HD > ATT_THREADS: one group; each thread owns DPT dimensions.
-    constexpr int GROUPS = HD <= ATT_THREADS ? ATT_THREADS / HD : 1;
-    constexpr int DPT = HD <= ATT_THREADS ? 1 : HD / ATT_THREADS;
-    constexpr int DSTRIDE = HD <= ATT_THREADS ? HD : ATT_THREADS;
+    // P.V: each thread owns PV_VEC consecutive dimensions of one key group (8-byte V loads);
+    // TPR threads cover a V row, GROUPS groups take every GROUPS-th key and are summed at the
+    // end in a fixed order. (One scalar f16 load per thread and key, 64 dependent rounds for a
+    // full chunk, used to make this the slowest decode kernel.)
+    constexpr int PV_VEC = 4;
+    constexpr int TPR = HD / PV_VEC;
+    static_assert(TPR <= ATT_THREADS && ATT_THREADS % TPR == 0, "whole V rows per group");
+    constexpr int GROUPS = ATT_THREADS / TPR;
     __shared__ float q_s[ATT_MAX_GROUP][HD];
     __shared__ float p_s[ATT_MAX_GROUP][ATT_SPLIT];
     __shared__ size_t slot_s[ATT_SPLIT];
@@ -81,7 +84,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         float s[ATT_MAX_GROUP];
 #pragma unroll
         for (int g = 0; g < ATT_MAX_GROUP; ++g) s[g] = 0.0f;
-#pragma unroll 2
+#pragma unroll 4
         for (int c = 0; c < HD / 8; ++c) {
             const uint4 raw = kp[c];
             const __half2 *h2 = (const __half2 *)&raw;
@@ -125,37 +128,46 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
     __syncthreads();
 
-    // P.V: consecutive threads take consecutive dimensions (coalesced V reads); the p_s reads
-    // are broadcasts.
-    const int d0 = tid % DSTRIDE;
-    const int grp = tid / DSTRIDE;
-    float acc[DPT][ATT_MAX_GROUP];
+    // P.V: a group's TPR threads read one V row as consecutive 8-byte pieces (coalesced); the
+    // p_s reads are broadcasts within a group.
+    const int grp = tid / TPR;
+    const int d0 = (tid % TPR) * PV_VEC;
+    float acc[PV_VEC][ATT_MAX_GROUP];
 #pragma unroll
-    for (int r = 0; r < DPT; ++r)
+    for (int r = 0; r < PV_VEC; ++r)
 #pragma unroll
         for (int g = 0; g < ATT_MAX_GROUP; ++g) acc[r][g] = 0.0f;
+#pragma unroll 4
     for (int j = grp; j < n; j += GROUPS) {
-        const __half *vrow = v_cache + (slot_s[j] * Hkv + kvh) * HD;
+        const uint2 raw = *(const uint2 *)(v_cache + (slot_s[j] * Hkv + kvh) * HD + d0);
+        const float2 v01 = __half22float2(*(const __half2 *)&raw.x);
+        const float2 v23 = __half22float2(*(const __half2 *)&raw.y);
+        const float v[PV_VEC] = {v01.x, v01.y, v23.x, v23.y};
 #pragma unroll
-        for (int r = 0; r < DPT; ++r) {
-            const float v = __half2float(vrow[d0 + r * DSTRIDE]);
+        for (int g = 0; g < ATT_MAX_GROUP; ++g) {
+            if (g < G) {
+                const float pj = p_s[g][j];
 #pragma unroll
-            for (int g = 0; g < ATT_MAX_GROUP; ++g)
-                if (g < G) acc[r][g] = fmaf(p_s[g][j], v, acc[r][g]);
+                for (int r = 0; r < PV_VEC; ++r) acc[r][g] = fmaf(pj, v[r], acc[r][g]);
+            }
         }
     }
     if constexpr (GROUPS > 1) {
         if (grp > 0) {
 #pragma unroll
             for (int g = 0; g < ATT_MAX_GROUP; ++g)
-                if (g < G) red_s[grp - 1][g][d0] = acc[0][g];
+                if (g < G)
+#pragma unroll
+                    for (int r = 0; r < PV_VEC; ++r) red_s[grp - 1][g][d0 + r] = acc[r][g];
         }
         __syncthreads();
         if (grp == 0) {
             for (int o = 1; o < GROUPS; ++o) {
 #pragma unroll
                 for (int g = 0; g < ATT_MAX_GROUP; ++g)
-                    if (g < G) acc[0][g] += red_s[o - 1][g][d0];
+                    if (g < G)
+#pragma unroll
+                        for (int r = 0; r < PV_VEC; ++r) acc[r][g] += red_s[o - 1][g][d0 + r];
             }
         }
     }
@@ -164,8 +176,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
         for (int g = 0; g < ATT_MAX_GROUP; ++g) {
             if (g < G) {
                 const size_t part = ((size_t)seq * Hq + kvh * G + g) * max_splits + split;
-#pragma unroll
-                for (int r = 0; r < DPT; ++r) part_acc[part * HD + d0 + r * DSTRIDE] = acc[r][g];
+                float4 o4;
+                o4.x = acc[0][g];
+                o4.y = acc[1][g];
+                o4.z = acc[2][g];
+                o4.w = acc[3][g];
+                *(float4 *)(part_acc + part * HD + d0) = o4;
             }
         }
     }

@@ -22,6 +22,51 @@ __global__ void __launch_bounds__(32 * MV_ROWS)
     store_result<NT>(acc, bias, out, row, N, accumulate);
 }
 
+// Rows of at least this many 32-value chunks use one thread block per row (matvec_q_wide_kernel).
+constexpr int WIDE_MIN_CHUNKS = 128;
+constexpr int WIDE_WARPS = 4;
+
+// As matvec_q_kernel for long rows (e.g. the MLP down projection, K = 4864): one block of
+// WIDE_WARPS warps per row, its chunks dealt round-robin over all 128 threads, then the warp sums
+// added in a fixed order. One warp per row left 5 dependent rounds of loads per lane and only
+// ~7 warps per SM for N = 896 rows.
+template <int TYPE, int NT>
+__global__ void __launch_bounds__(32 * WIDE_WARPS)
+    matvec_q_wide_kernel(const uint8_t *__restrict__ W, const uint8_t *__restrict__ q8,
+                         const float *__restrict__ bias, float *out, int N, int K,
+                         int accumulate) {
+    __shared__ float red[WIDE_WARPS][NT];
+    const int row = blockIdx.x;
+    const int nchunks = K / 32;
+    const uint8_t *wrow = W + (size_t)row * wk::row_bytes<TYPE>(K);
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int c = threadIdx.x; c < nchunks; c += 32 * WIDE_WARPS) {
+        wk::Chunk<TYPE> w;
+        w.load(wrow, c);
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+            acc[t] += w.dot(q8 + ((size_t)t * nchunks + c) * WK_Q8_1_BLOCK_BYTES);
+    }
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        acc[t] = wk::warp_sum(acc[t]);
+        if (lane == 0) red[warp][t] = acc[t];
+    }
+    __syncthreads();
+    if (warp != 0) return;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        float v = red[0][t];
+#pragma unroll
+        for (int w = 1; w < WIDE_WARPS; ++w) v += red[w][t];
+        acc[t] = v;
+    }
+    store_result<NT>(acc, bias, out, row, N, accumulate);  // lane = threadIdx.x in warp 0
+}
+
 // W: N rows of K f32/f16/bf16; x: [NT, K] f32; out: [NT, N].
 template <int TYPE, int NT>
 __global__ void __launch_bounds__(32 * MV_ROWS)
@@ -57,10 +102,14 @@ int launch_matvec(cudaStream_t stream, const void *W, const void *x, size_t x_ro
         float *ot = out + (size_t)t0 * N;
 #define WK_MV_CASE(NTV)                                                                        \
     case NTV:                                                                                  \
-        if constexpr (QUANT)                                                                   \
-            matvec_q_kernel<TYPE, NTV><<<grid, block, 0, stream>>>(w, xt, bias, ot, N, K,      \
-                                                                   accumulate);                \
-        else                                                                                   \
+        if constexpr (QUANT) {                                                                 \
+            if (K / 32 >= WIDE_MIN_CHUNKS)                                                     \
+                matvec_q_wide_kernel<TYPE, NTV><<<N, 32 * WIDE_WARPS, 0, stream>>>(            \
+                    w, xt, bias, ot, N, K, accumulate);                                        \
+            else                                                                               \
+                matvec_q_kernel<TYPE, NTV><<<grid, block, 0, stream>>>(w, xt, bias, ot, N, K,  \
+                                                                       accumulate);            \
+        } else                                                                                 \
             matvec_f_kernel<TYPE, NTV><<<grid, block, 0, stream>>>(w, (const float *)xt, bias, \
                                                                    ot, N, K, accumulate);      \
         break;
