@@ -919,6 +919,49 @@ fn rope_kv_cache_and_attention_match_reference() {
         let e = norm_err(&out[s * hq * hd..(s + 1) * hq * hd], &want);
         assert!(e < 1e-3, "decode attention at pos {p}: error {e}");
     }
+    // The q8 variant: the same out, and q8_out byte-identical to wk_quantize_q8_1 of it.
+    let q8_bytes = 2 * hq * hd / 32 * WK_Q8_1_BLOCK_BYTES as usize;
+    let (dout2, dq8, dq8_ref) = (
+        Dev::zeroed(4 * 2 * hq * hd),
+        Dev::zeroed(q8_bytes),
+        Dev::zeroed(q8_bytes),
+    );
+    // SAFETY: as above; q8 buffers [2, hq * hd / 32] blocks.
+    ok(unsafe {
+        wk_attention_decode_q8(
+            NULL_STREAM,
+            dq.f(),
+            kc.ptr,
+            vc.ptr,
+            dtable2.i(),
+            max_blocks as i32,
+            dlens.i(),
+            dout2.f(),
+            dq8.ptr,
+            scratch.ptr,
+            scratch_bytes,
+            2,
+            hq as i32,
+            hkv as i32,
+            hd as i32,
+            bs as i32,
+            max_ctx,
+            scale,
+        )
+    });
+    ok(unsafe { wk_quantize_q8_1(NULL_STREAM, dout2.f(), dq8_ref.ptr, 2, (hq * hd) as i32) });
+    let out2: Vec<f32> = dout2.download(2 * hq * hd);
+    assert!(
+        out.iter()
+            .zip(&out2)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "wk_attention_decode_q8 output differs from wk_attention_decode"
+    );
+    assert_eq!(
+        dq8.download::<u8>(q8_bytes),
+        dq8_ref.download::<u8>(q8_bytes),
+        "fused q8_1 output differs from wk_quantize_q8_1"
+    );
     sync();
     println!("rope/kv/attention ok");
 }

@@ -198,6 +198,17 @@ int wk_attention_decode(wk_stream_t stream, const float *q, const void *k_cache,
                         int S, int Hq, int Hkv, int hd, int block_size, int max_ctx, float scale);
 
 /*
+ * wk_attention_decode that also writes its output rows as q8_1 blocks q8_out [S, Hq*hd/32] (the
+ * input of the quantized output projection), exactly what wk_quantize_q8_1 of `out` would write:
+ * one launch less per layer. q8_out 4-byte aligned.
+ */
+int wk_attention_decode_q8(wk_stream_t stream, const float *q, const void *k_cache,
+                           const void *v_cache, const int32_t *block_table, int max_blocks_per_seq,
+                           const int32_t *seq_lens, float *out, void *q8_out, void *scratch,
+                           size_t scratch_bytes, int S, int Hq, int Hkv, int hd, int block_size,
+                           int max_ctx, float scale);
+
+/*
  * Prefill attention: T query tokens of ONE sequence (row 0 of block_table), causal: query t attends
  * to keys at positions [0, pos[t]] (its own position included), read from the paged cache (so a
  * previously cached prefix is attended too; write this chunk's keys first with wk_rope_kv_write).

@@ -192,31 +192,46 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
 }
 
-// grid (Hq, S), block HD threads: out f32 [S, Hq, HD] = merge of the used splits.
+// grid (Hq, S), block HD threads: out f32 [S, Hq, HD] = merge of the used splits; when q8 is not
+// NULL the rows are also written as q8_1 blocks q8 [S, Hq*HD/32] (each warp quantizes its 32
+// values exactly as wk_quantize_q8_1 does), the input of the output projection.
 template <int HD>
 __global__ void __launch_bounds__(HD)
     attn_decode_merge_kernel(const float *__restrict__ part_acc, const float *__restrict__ part_ml,
-                             const int32_t *__restrict__ seq_lens, float *__restrict__ out, int Hq,
-                             int max_splits) {
+                             const int32_t *__restrict__ seq_lens, float *__restrict__ out,
+                             uint8_t *__restrict__ q8, int Hq, int max_splits) {
     const int h = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
     const int len = seq_lens[seq];
     int nsplit = (len + ATT_SPLIT - 1) / ATT_SPLIT;
     nsplit = nsplit < max_splits ? nsplit : max_splits;
     float *o = out + ((size_t)seq * Hq + h) * HD;
-    if (nsplit <= 0) {  // no keys at all: defined output rather than 0/0
-        o[d] = 0.0f;
-        return;
+    float val = 0.0f;  // no keys at all: defined output rather than 0/0
+    if (nsplit > 0) {
+        const size_t base = ((size_t)seq * Hq + h) * max_splits;
+        float m = -INFINITY;
+        for (int s = 0; s < nsplit; ++s) m = fmaxf(m, part_ml[2 * (base + s)]);
+        float num = 0.0f, den = 0.0f;
+        for (int s = 0; s < nsplit; ++s) {
+            const float w = expf(part_ml[2 * (base + s)] - m);
+            den = fmaf(w, part_ml[2 * (base + s) + 1], den);
+            num = fmaf(w, part_acc[(base + s) * HD + d], num);
+        }
+        val = num / den;
     }
-    const size_t base = ((size_t)seq * Hq + h) * max_splits;
-    float m = -INFINITY;
-    for (int s = 0; s < nsplit; ++s) m = fmaxf(m, part_ml[2 * (base + s)]);
-    float num = 0.0f, den = 0.0f;
-    for (int s = 0; s < nsplit; ++s) {
-        const float w = expf(part_ml[2 * (base + s)] - m);
-        den = fmaf(w, part_ml[2 * (base + s) + 1], den);
-        num = fmaf(w, part_acc[(base + s) * HD + d], num);
+    o[d] = val;
+    if (q8 == nullptr) return;  // uniform over the grid
+    const int lane = d % 32;
+    const float amax = wk::warp_max(fabsf(val));
+    const float dq = amax / 127.0f;
+    const int qv = amax == 0.0f ? 0 : __float2int_rn(val / dq);
+    const int qsum = wk::warp_sum_int(qv);
+    const size_t blk_index = ((size_t)seq * Hq * HD + (size_t)h * HD + d) / 32;
+    uint8_t *blk = q8 + blk_index * WK_Q8_1_BLOCK_BYTES;
+    blk[4 + lane] = (uint8_t)(int8_t)qv;
+    if (lane == 0) {
+        ((__half *)blk)[0] = __float2half_rn(dq);
+        ((__half *)blk)[1] = __float2half_rn(dq * (float)qsum);
     }
-    o[d] = num / den;
 }
 
 // grid (Hq, T), block ATT_THREADS: query t of head h over keys [0, pos[t]] of sequence 0.
@@ -294,16 +309,16 @@ size_t decode_acc_floats(int S, int Hq, int hd, int max_ctx) {
 template <int HD>
 int launch_decode(cudaStream_t s, const float *q, const __half *kc, const __half *vc,
                   const int32_t *block_table, int mbps, const int32_t *seq_lens, float *out,
-                  float *part_acc, float *part_ml, int S, int Hq, int Hkv, int block_size,
-                  int max_ctx, float scale) {
+                  uint8_t *q8, float *part_acc, float *part_ml, int S, int Hq, int Hkv,
+                  int block_size, int max_ctx, float scale) {
     const int max_splits = (int)decode_splits(max_ctx);
     const dim3 grid(Hkv, max_splits, S);
     attn_decode_split_kernel<HD><<<grid, ATT_THREADS, 0, s>>>(q, kc, vc, block_table, mbps,
                                                               seq_lens, part_acc, part_ml, Hq, Hkv,
                                                               block_size, max_splits, scale);
     WK_LAUNCH_CHECK("attn_decode_split_kernel");
-    attn_decode_merge_kernel<HD><<<dim3(Hq, S), HD, 0, s>>>(part_acc, part_ml, seq_lens, out, Hq,
-                                                            max_splits);
+    attn_decode_merge_kernel<HD><<<dim3(Hq, S), HD, 0, s>>>(part_acc, part_ml, seq_lens, out, q8,
+                                                            Hq, max_splits);
     WK_LAUNCH_CHECK("attn_decode_merge_kernel");
     return WK_OK;
 }
@@ -331,11 +346,12 @@ extern "C" int wk_attention_decode_scratch_bytes(int S, int Hq, int hd, int max_
 
 // q f32 [S, Hq, hd] -> out f32 [S, Hq, hd]; scratch: part_acc f32 [S, Hq, splits, hd] then
 // part_ml f32 [S, Hq, splits, 2].
-extern "C" int wk_attention_decode(wk_stream_t stream, const float *q, const void *k_cache,
-                                   const void *v_cache, const int32_t *block_table,
-                                   int max_blocks_per_seq, const int32_t *seq_lens, float *out,
-                                   void *scratch, size_t scratch_bytes, int S, int Hq, int Hkv,
-                                   int hd, int block_size, int max_ctx, float scale) {
+namespace {
+int attention_decode_impl(wk_stream_t stream, const float *q, const void *k_cache,
+                          const void *v_cache, const int32_t *block_table, int max_blocks_per_seq,
+                          const int32_t *seq_lens, float *out, uint8_t *q8, void *scratch,
+                          size_t scratch_bytes, int S, int Hq, int Hkv, int hd, int block_size,
+                          int max_ctx, float scale) {
     WK_REQUIRE(q != nullptr && k_cache != nullptr && v_cache != nullptr && out != nullptr);
     WK_REQUIRE(block_table != nullptr && seq_lens != nullptr && scratch != nullptr);
     WK_REQUIRE(S >= 0 && Hq > 0 && Hkv > 0 && Hq % Hkv == 0 && Hq / Hkv <= ATT_MAX_GROUP);
@@ -355,19 +371,42 @@ extern "C" int wk_attention_decode(wk_stream_t stream, const float *q, const voi
     const __half *kc = (const __half *)k_cache, *vc = (const __half *)v_cache;
     switch (hd) {
         case 64:
-            return launch_decode<64>(s, q, kc, vc, block_table, max_blocks_per_seq, seq_lens, out,
+            return launch_decode<64>(s, q, kc, vc, block_table, max_blocks_per_seq, seq_lens, out, q8,
                                      part_acc, part_ml, S, Hq, Hkv, block_size, max_ctx, scale);
         case 128:
             return launch_decode<128>(s, q, kc, vc, block_table, max_blocks_per_seq, seq_lens,
-                                      out, part_acc, part_ml, S, Hq, Hkv, block_size, max_ctx,
+                                      out, q8, part_acc, part_ml, S, Hq, Hkv, block_size, max_ctx,
                                       scale);
         case 256:
             return launch_decode<256>(s, q, kc, vc, block_table, max_blocks_per_seq, seq_lens,
-                                      out, part_acc, part_ml, S, Hq, Hkv, block_size, max_ctx,
+                                      out, q8, part_acc, part_ml, S, Hq, Hkv, block_size, max_ctx,
                                       scale);
         default: WK_REQUIRE(hd == 64 || hd == 128 || hd == 256);
     }
     return WK_OK;
+}
+}  // namespace
+
+extern "C" int wk_attention_decode(wk_stream_t stream, const float *q, const void *k_cache,
+                                   const void *v_cache, const int32_t *block_table,
+                                   int max_blocks_per_seq, const int32_t *seq_lens, float *out,
+                                   void *scratch, size_t scratch_bytes, int S, int Hq, int Hkv,
+                                   int hd, int block_size, int max_ctx, float scale) {
+    return attention_decode_impl(stream, q, k_cache, v_cache, block_table, max_blocks_per_seq,
+                                 seq_lens, out, nullptr, scratch, scratch_bytes, S, Hq, Hkv, hd,
+                                 block_size, max_ctx, scale);
+}
+
+extern "C" int wk_attention_decode_q8(wk_stream_t stream, const float *q, const void *k_cache,
+                                      const void *v_cache, const int32_t *block_table,
+                                      int max_blocks_per_seq, const int32_t *seq_lens, float *out,
+                                      void *q8_out, void *scratch, size_t scratch_bytes, int S,
+                                      int Hq, int Hkv, int hd, int block_size, int max_ctx,
+                                      float scale) {
+    WK_REQUIRE(q8_out != nullptr && (uintptr_t)q8_out % 4 == 0);
+    return attention_decode_impl(stream, q, k_cache, v_cache, block_table, max_blocks_per_seq,
+                                 seq_lens, out, (uint8_t *)q8_out, scratch, scratch_bytes, S, Hq,
+                                 Hkv, hd, block_size, max_ctx, scale);
 }
 
 // q f32 [T, Hq, hd], pos int32 [T] -> out f32 [T, Hq, hd] (sequence 0 of block_table).

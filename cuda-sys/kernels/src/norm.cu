@@ -40,6 +40,7 @@ __global__ void __launch_bounds__(QUANT_WARPS * 32)
     const int b = blockIdx.x * QUANT_WARPS + warp;
     // This warp's value, loaded before the (NORM) reduction so both loads are in flight together.
     const float xv = b < nblocks ? xr[b * 32 + lane] : 0.0f;
+    const float wv = NORM && b < nblocks ? w[b * 32 + lane] : 0.0f;
     float r = 1.0f;
     if (NORM) {
         float ss = 0.0f;
@@ -49,8 +50,7 @@ __global__ void __launch_bounds__(QUANT_WARPS * 32)
         r = rsqrtf(ss / (float)K + eps);
     }
     if (b >= nblocks) return;  // whole warps only: no shuffle is left half-joined
-    const int k = b * 32 + lane;
-    const float v = NORM ? xv * r * w[k] : xv;
+    const float v = NORM ? xv * r * wv : xv;
     const float amax = wk::warp_max(fabsf(v));
     const float d = amax / 127.0f;
     const int q = amax == 0.0f ? 0 : __float2int_rn(v / d);

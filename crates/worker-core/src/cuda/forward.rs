@@ -377,13 +377,28 @@ pub fn layer(
         c.rope_base,
         neox,
     )?;
-    if idx.is_decode() {
-        k::attention_decode(s, &a.q, cache, idx, &mut a.a, &mut a.attn_scratch, hd)?;
+    let wo_q8 = !use_gemm && l.wo.is_quantized();
+    if idx.is_decode() && wo_q8 && a.fused {
+        // The merge writes the q8_1 input of the output projection too.
+        k::attention_decode_q8(
+            s,
+            &a.q,
+            cache,
+            idx,
+            &mut a.a,
+            &mut a.q8,
+            &mut a.attn_scratch,
+            hd,
+        )?;
     } else {
-        k::attention_prefill(s, &a.q, cache, idx, &mut a.a, hd)?;
-    }
-    if !use_gemm && l.wo.is_quantized() {
-        k::quantize_q8_1(s, &a.a, &mut a.q8, t, c.q_dim())?;
+        if idx.is_decode() {
+            k::attention_decode(s, &a.q, cache, idx, &mut a.a, &mut a.attn_scratch, hd)?;
+        } else {
+            k::attention_prefill(s, &a.q, cache, idx, &mut a.a, hd)?;
+        }
+        if wo_q8 {
+            k::quantize_q8_1(s, &a.a, &mut a.q8, t, c.q_dim())?;
+        }
     }
     matmul_any(
         s,

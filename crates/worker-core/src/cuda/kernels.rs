@@ -555,6 +555,36 @@ pub fn attention_decode(
     scratch: &mut CudaSlice<u8>,
     h: Heads,
 ) -> KResult {
+    attention_decode_into(s, q, cache, idx, out, None, scratch, h)
+}
+
+/// [`attention_decode`] that also writes `out` as q8_1 blocks into `q8` (the output
+/// projection's input), as [`quantize_q8_1`] would: one launch less.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_q8(
+    s: &CudaStream,
+    q: &impl DevicePtr<f32>,
+    cache: &LayerCache,
+    idx: &KvIndex,
+    out: &mut impl DevicePtrMut<f32>,
+    q8: &mut CudaSlice<u8>,
+    scratch: &mut CudaSlice<u8>,
+    h: Heads,
+) -> KResult {
+    attention_decode_into(s, q, cache, idx, out, Some(q8), scratch, h)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_decode_into(
+    s: &CudaStream,
+    q: &impl DevicePtr<f32>,
+    cache: &LayerCache,
+    idx: &KvIndex,
+    out: &mut impl DevicePtrMut<f32>,
+    q8: Option<&mut CudaSlice<u8>>,
+    scratch: &mut CudaSlice<u8>,
+    h: Heads,
+) -> KResult {
     if !idx.is_decode() {
         return Err(invalid(
             "attention_decode needs a decode index (one token per sequence)".into(),
@@ -563,6 +593,9 @@ pub fn attention_decode(
     let n = idx.tokens();
     need("attention_decode q", q.len(), n * h.q_dim())?;
     need("attention_decode out", out.len(), n * h.q_dim())?;
+    if let Some(b) = q8.as_ref() {
+        need("attention_decode q8", b.len(), q8_bytes(n, h.q_dim()))?;
+    }
     cache
         .check_geometry(h.n_kv_heads, h.head_dim)
         .map_err(invalid)?;
@@ -589,28 +622,58 @@ pub fn attention_decode(
         rd(&cache.k, s) as *const c_void,
         rd(&cache.v, s) as *const c_void,
     );
+    let (sh, qp, kb, vb, op) = (
+        stream_handle(s),
+        rd(q, s),
+        rd(&idx.block_table(), s),
+        rd(&idx.seq_lens(), s),
+        wr(out, s),
+    );
     // SAFETY: sizes checked above; the index was validated against this pool (KvIndex), and
-    // every seq_len is at most max_ctx, which sized the scratch.
+    // every seq_len is at most max_ctx, which sized the scratch; q8 (when given) holds the q8_1
+    // form of `out` (checked above).
     sys::check(unsafe {
-        sys::wk_attention_decode(
-            stream_handle(s),
-            rd(q, s),
-            kc,
-            vc,
-            rd(&idx.block_table(), s),
-            mb,
-            rd(&idx.seq_lens(), s),
-            wr(out, s),
-            scratch_ptr,
-            scratch_bytes,
-            si,
-            hq,
-            hkv,
-            hd,
-            bs,
-            mc,
-            scale,
-        )
+        match q8 {
+            Some(b) => sys::wk_attention_decode_q8(
+                sh,
+                qp,
+                kc,
+                vc,
+                kb,
+                mb,
+                vb,
+                op,
+                wr(b, s) as *mut c_void,
+                scratch_ptr,
+                scratch_bytes,
+                si,
+                hq,
+                hkv,
+                hd,
+                bs,
+                mc,
+                scale,
+            ),
+            None => sys::wk_attention_decode(
+                sh,
+                qp,
+                kc,
+                vc,
+                kb,
+                mb,
+                vb,
+                op,
+                scratch_ptr,
+                scratch_bytes,
+                si,
+                hq,
+                hkv,
+                hd,
+                bs,
+                mc,
+                scale,
+            ),
+        }
     })
 }
 
