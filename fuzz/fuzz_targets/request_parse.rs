@@ -34,7 +34,11 @@ fn execute(f: &mut Fields) {
     if let Some(id) = f.required_string("job_id")
         && (id.is_empty() || id.chars().count() > 256 || id.chars().any(char::is_control))
     {
-        f.error("job_id", "1 to 256 characters", "job_id must be 1 to 256 printable characters");
+        f.error(
+            "job_id",
+            "1 to 256 characters",
+            "job_id must be 1 to 256 printable characters",
+        );
     }
     let prompt = f.required_string("prompt");
     if f.has("max_tokens") {
@@ -53,7 +57,11 @@ fn execute(f: &mut Fields) {
     if let Some(p) = prompt {
         let n = p.chars().count();
         if n == 0 || n > 32_768 {
-            f.error("prompt", "1 <= characters <= 32768", format!("the prompt has {n} characters"));
+            f.error(
+                "prompt",
+                "1 <= characters <= 32768",
+                format!("the prompt has {n} characters"),
+            );
         }
     }
 }
@@ -82,14 +90,22 @@ fn openai(f: &mut Fields) {
     if let Some(opts) = f.take("stream_options")
         && let Some(None) = opts.get("include_usage").map(Value::as_bool)
     {
-        f.error("stream_options", "{\"include_usage\": bool}", "must be a boolean");
+        f.error(
+            "stream_options",
+            "{\"include_usage\": bool}",
+            "must be a boolean",
+        );
     }
     f.bool("ignore_eos");
     f.bool("return_tokens_as_token_ids");
     f.int("max_tokens", 1, i64::MAX);
     f.int("logprobs", 0, 20);
     if f.has("prompt") && !matches!(f.take("prompt"), Some(Value::String(_) | Value::Array(_))) {
-        f.error("prompt", "a string or a list of token ids", "prompt has the wrong type");
+        f.error(
+            "prompt",
+            "a string or a list of token ids",
+            "prompt has the wrong type",
+        );
     }
 }
 
@@ -99,7 +115,10 @@ fn render(e: &ApiError, secret: Option<&str>) {
         let back: Value = serde_json::from_str(&text).unwrap();
         assert!(back.is_object());
         if let Some(s) = secret {
-            assert!(!text.contains(s), "the prompt was echoed in a {flavor:?} error");
+            assert!(
+                !text.contains(s),
+                "the prompt was echoed in a {flavor:?} error"
+            );
         }
         let _ = e.response(flavor);
     }

@@ -41,7 +41,9 @@ fuzz_target!(|data: &[u8]| {
     let text = |b: &[u8]| -> String {
         let s = String::from_utf8_lossy(b);
         if mode & 1 != 0 {
-            s.chars().map(|c| ALPHABET[c as usize % ALPHABET.len()]).collect()
+            s.chars()
+                .map(|c| ALPHABET[c as usize % ALPHABET.len()])
+                .collect()
         } else {
             s.into_owned()
         }

@@ -21,8 +21,7 @@ fn tokenizer() -> &'static Tokenizer {
         let real = std::env::var_os("WORKER_FUZZ_MODEL")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
-                worker_core::fetch::Fetcher::new()
-                    .model_path(worker_core::fetch::default_model())
+                worker_core::fetch::Fetcher::new().model_path(worker_core::fetch::default_model())
             });
         if real.exists() {
             eprintln!("tokenizer fuzz: vocabulary of {}", real.display());
@@ -39,8 +38,14 @@ fn tokenizer() -> &'static Tokenizer {
             embd_type: worker_core::quant::GgmlType::Q8_0,
             output_type: worker_core::quant::GgmlType::Q8_0,
             matrix_type: worker_core::quant::GgmlType::Q8_0,
-            high_bit: (worker_core::quant::GgmlType::Q8_0, worker_core::quant::GgmlType::Q8_0),
-            low_bit: (worker_core::quant::GgmlType::Q8_0, worker_core::quant::GgmlType::Q8_0),
+            high_bit: (
+                worker_core::quant::GgmlType::Q8_0,
+                worker_core::quant::GgmlType::Q8_0,
+            ),
+            low_bit: (
+                worker_core::quant::GgmlType::Q8_0,
+                worker_core::quant::GgmlType::Q8_0,
+            ),
             ..SynthSpec::qwen2_0_5b()
         };
         let mut bytes = Vec::new();

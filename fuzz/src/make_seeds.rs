@@ -11,7 +11,11 @@ use worker_core::quant::GgmlType;
 use worker_core::synth::{SynthSpec, write_synthetic};
 
 fn main() {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fuzz/seeds".into()));
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "fuzz/seeds".into()),
+    );
     let out = dir.join("gguf_parse");
     std::fs::create_dir_all(&out).unwrap();
 
