@@ -56,8 +56,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     constexpr int TPR = HD / PV_VEC;
     static_assert(TPR <= ATT_THREADS && ATT_THREADS % TPR == 0, "whole V rows per group");
     constexpr int GROUPS = ATT_THREADS / TPR;
-    // Rows padded by 16 bytes: the float4 reads of different heads' rows fall in different banks.
-    __shared__ __align__(16) float q_s[ATT_MAX_GROUP][HD + 4];
+    __shared__ float q_s[ATT_MAX_GROUP][HD];
     __shared__ float p_s[ATT_MAX_GROUP][ATT_SPLIT];
     __shared__ size_t slot_s[ATT_SPLIT];
     __shared__ float m_s[ATT_MAX_GROUP], l_s[ATT_MAX_GROUP];
@@ -79,34 +78,34 @@ __global__ void __launch_bounds__(ATT_THREADS)
     if (tid < n) slot_s[tid] = cache_slot(table, start + tid, block_size);
     __syncthreads();
 
-    // Scores: the n * G (key, head) pairs are dealt over the block's threads, each one dot
-    // product with 4 independent accumulators (q from shared memory as float4, the key row as
-    // 16-byte loads; the G threads of one key share its row through L1). One thread per key
-    // computing all G heads left most threads idle at short contexts and ran a ~1,000-instruction
-    // dependent chain per warp (ncu: 10 us for <= 128 keys, 0.07 issued warps per scheduler).
-    for (int pi = tid; pi < n * G; pi += ATT_THREADS) {
-        const int j = pi / G, g = pi % G;
-        const uint4 *kp = (const uint4 *)(k_cache + (slot_s[j] * Hkv + kvh) * HD);
-        const float4 *qp = (const float4 *)&q_s[g][0];
-        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+    // Scores of key `tid` against the G query heads.
+    if (tid < n) {
+        const uint4 *kp = (const uint4 *)(k_cache + (slot_s[tid] * Hkv + kvh) * HD);
+        float s[ATT_MAX_GROUP];
+#pragma unroll
+        for (int g = 0; g < ATT_MAX_GROUP; ++g) s[g] = 0.0f;
 #pragma unroll 4
         for (int c = 0; c < HD / 8; ++c) {
             const uint4 raw = kp[c];
-            const float2 k01 = __half22float2(*(const __half2 *)&raw.x);
-            const float2 k23 = __half22float2(*(const __half2 *)&raw.y);
-            const float2 k45 = __half22float2(*(const __half2 *)&raw.z);
-            const float2 k67 = __half22float2(*(const __half2 *)&raw.w);
-            const float4 q0 = qp[2 * c], q1 = qp[2 * c + 1];
-            a0 = fmaf(q0.x, k01.x, a0);
-            a1 = fmaf(q0.y, k01.y, a1);
-            a2 = fmaf(q0.z, k23.x, a2);
-            a3 = fmaf(q0.w, k23.y, a3);
-            a0 = fmaf(q1.x, k45.x, a0);
-            a1 = fmaf(q1.y, k45.y, a1);
-            a2 = fmaf(q1.z, k67.x, a2);
-            a3 = fmaf(q1.w, k67.y, a3);
+            const __half2 *h2 = (const __half2 *)&raw;
+            float kf[8];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float2 f = __half22float2(h2[e]);
+                kf[2 * e] = f.x;
+                kf[2 * e + 1] = f.y;
+            }
+#pragma unroll
+            for (int g = 0; g < ATT_MAX_GROUP; ++g) {
+                if (g < G) {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) s[g] = fmaf(q_s[g][c * 8 + e], kf[e], s[g]);
+                }
+            }
         }
-        p_s[g][j] = (a0 + a1) + (a2 + a3);
+#pragma unroll
+        for (int g = 0; g < ATT_MAX_GROUP; ++g)
+            if (g < G) p_s[g][tid] = s[g];
     }
     __syncthreads();
 
