@@ -145,7 +145,7 @@ pub fn sample_from_logits(logits: &[f32], p: &SamplingParams, u: f32) -> u32 {
         let mut keep = cand.len();
         for (i, pr) in probs.iter().enumerate() {
             cum += pr;
-            if cum >= p.top_p {
+            if cum >= f64::from(p.top_p) {
                 keep = i + 1;
                 break;
             }
@@ -160,7 +160,7 @@ pub fn sample_from_logits(logits: &[f32], p: &SamplingParams, u: f32) -> u32 {
     }
     // temperature, then draw
     let probs = softmax(&cand, p.temperature);
-    let target = u.clamp(0.0, 1.0) * probs.iter().sum::<f32>();
+    let target = f64::from(u.clamp(0.0, 1.0)) * probs.iter().sum::<f64>();
     let mut cum = 0.0;
     for (c, pr) in cand.iter().zip(&probs) {
         cum += pr;
@@ -171,11 +171,16 @@ pub fn sample_from_logits(logits: &[f32], p: &SamplingParams, u: f32) -> u32 {
     cand.last().expect("at least one candidate").0
 }
 
-/// Probabilities of sorted candidates at temperature `t` (max-subtracted).
-fn softmax(cand: &[(u32, f32)], t: f32) -> Vec<f32> {
+/// Probabilities of sorted candidates at temperature `t` (max-subtracted), in f64: with the
+/// whole vocabulary (151,936 candidates) an f32 running sum drifts by up to ~1e-3, enough to
+/// move a draw by thousands of tokens.
+fn softmax(cand: &[(u32, f32)], t: f32) -> Vec<f64> {
     let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = cand.iter().map(|c| ((c.1 - max) / t).exp()).collect();
-    let s: f32 = e.iter().sum();
+    let e: Vec<f64> = cand
+        .iter()
+        .map(|c| (f64::from(c.1 - max) / f64::from(t)).exp())
+        .collect();
+    let s: f64 = e.iter().sum();
     e.into_iter().map(|x| x / s).collect()
 }
 
