@@ -109,6 +109,10 @@ struct ServeArgs {
     /// On shutdown, seconds running jobs may take to finish before they are cancelled.
     #[arg(long, default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// Write orch-log checkpoints (embedding, layer.N, final_norm, logits) of every request to
+    /// this JSONL file; ORCH_LOG_FILE does the same. ORCH_LOG_* variables tune it (docs/ORCH-LOG.md).
+    #[arg(long, env = "ORCH_LOG_FILE")]
+    orch_log: Option<std::path::PathBuf>,
 }
 
 fn init_logging(json: bool) {
@@ -220,7 +224,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ctx_size,
         binfo,
     );
-    let engine = EngineHandle::spawn(backend, tokenizer, cfg.clone());
+    // Logging must never stop serving: a log that cannot be opened is a warning.
+    let sink = args.orch_log.as_ref().and_then(|path| {
+        let opened = orch_log::SinkConfig::from_env().and_then(|c| orch_log::Sink::new(path, c));
+        match opened {
+            Ok(sink) => {
+                tracing::info!(path = %path.display(), "checkpoint logging on");
+                Some(sink)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "checkpoint logging disabled: {e}");
+                None
+            }
+        }
+    });
+    let engine = EngineHandle::spawn_with_log(backend, tokenizer, cfg.clone(), sink);
     let limits = state::Limits {
         max_body_bytes: args.max_body_bytes,
         body_timeout: Duration::from_secs(args.body_timeout_secs),
