@@ -82,9 +82,10 @@ struct ServeArgs {
     /// Requests allowed to wait for a batch slot; beyond that, 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
-    /// Prompt tokens processed per engine step.
-    #[arg(long, default_value_t = 512)]
-    prefill_chunk: usize,
+    /// Prompt tokens processed per engine step (default: 512 on a GPU; 64 on the CPU, where a
+    /// step checks cancellation between layers and 64 tokens keep that within ~100 ms).
+    #[arg(long)]
+    prefill_chunk: Option<usize>,
     /// Require `Authorization: Bearer <key>` on every endpoint but /health.
     #[arg(long, env = "WORKER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -192,7 +193,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.ctx_size >= 2, "--ctx-size must be at least 2");
     anyhow::ensure!(args.max_batch >= 1, "--max-batch must be at least 1");
     anyhow::ensure!(
-        args.prefill_chunk >= 1,
+        args.prefill_chunk != Some(0),
         "--prefill-chunk must be at least 1"
     );
     let ctx_size = args.ctx_size.min(c.context_length.max(2));
@@ -203,9 +204,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let max_active_jobs = args.max_batch + args.max_queue;
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         max_batch: args.max_batch,
-        prefill_chunk: args.prefill_chunk,
+        prefill_chunk: args.prefill_chunk.unwrap_or(512),
         ctx_size,
         // Admission is the HTTP side's (`jobs::submit` counts accepted jobs). The engine's own
         // bound counts submissions it has not picked up yet, which pile up while it is inside
@@ -216,6 +217,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let model = Arc::new(model);
     let backend = backend::make_backend(args.device, &model, &cfg)?;
     let binfo = backend.info();
+    if args.prefill_chunk.is_none() && !binfo.resident_on_device {
+        cfg.prefill_chunk = 64;
+    }
     tracing::info!(device = %binfo.device, memory_bytes = binfo.bytes_used, resident_on_device = binfo.resident_on_device, "backend ready");
     let info = state::ModelInfo::new(
         served_name(&args, &path),
