@@ -13,6 +13,8 @@
 #   bash scripts/gpu/session.sh sanitize     # compute-sanitizer memcheck on a short generation
 #   bash scripts/gpu/session.sh serve        # the worker on cuda:0, a greedy request over HTTP
 #   bash scripts/gpu/session.sh parity       # checkpoint log of the golden prompts on cuda:0 -> $OUT
+#   bash scripts/gpu/session.sh llama-build  # start building llama-bench from .carry/llama (background)
+#   bash scripts/gpu/session.sh llama-bench  # wait for it; llama-bench beside worker-http bench
 #   bash scripts/gpu/session.sh bench ARGS   # worker-http bench --device cuda:0 ARGS
 set -uo pipefail
 W=/tmp/w
@@ -76,8 +78,24 @@ parity)
   python3 scripts/gpu/parity_requests.py "$W/golden" 18081 | log parity
   kill -TERM $pid; wait $pid; echo "serve exit: $?" | log parity
   wc -l "$OUT/cuda_parity.jsonl" | log parity ;;
+llama-build)
+  # llama.cpp source (trimmed, never committed) travels as .carry/llama/llama.tgz.
+  rm -rf "$W/llama" && mkdir -p "$W/llama" && tar xzf .carry/llama/llama.tgz -C "$W/llama"
+  cd "$W/llama/llama.cpp" && setsid nohup bash -c 'cmake -B build -G Ninja -DGGML_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release > build.log 2>&1 \
+    && cmake --build build --target llama-bench -j 16 >> build.log 2>&1; echo "done $?" >> build.log' \
+    > /dev/null 2>&1 < /dev/null &
+  echo started ;;
+llama-bench)
+  B=$W/llama/llama.cpp
+  for _ in $(seq 1 240); do grep -q "^done" "$B/build.log" 2>/dev/null && break; sleep 2; done
+  tail -3 "$B/build.log" | log llama
+  "$B/build/bin/llama-bench" -m "$WORKER_ORCD_MODEL" -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>&1 | log llama
+  "$B/build/bin/llama-bench" -m "$WORKER_ORCD_MODEL" -ngl 99 -fa 1 -p 0 -n 128 -d 4096,16384 -r 3 2>&1 | log llama
+  "$W/bin/worker-http" bench --device cuda:0 -p 512 -n 128 -d 0,4096,16384 -r 3 --json "$OUT/ours_same_machine.json" 2>&1 | log llama ;;
 bench)
   shift
   "$W/bin/worker-http" bench --device cuda:0 "$@" 2>&1 | log bench ;;
-*) sed -n 2,16p "$0"; exit 2 ;;
+*) sed -n 2,18p "$0"; exit 2 ;;
 esac
