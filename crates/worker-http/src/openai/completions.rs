@@ -1,7 +1,7 @@
 //! `POST /v1/completions`: a text (or token-id) prompt, with `echo` and legacy `logprobs`.
 
 use super::logprobs::Legacy;
-use super::{DONE, MAX_TOP_LOGPROBS, collect, common, stream_error, usage_json};
+use super::{DONE, MAX_TOP_LOGPROBS, collect, common, stream_end, usage_json};
 use crate::errors::ApiError;
 use crate::http::{Resp, json_ok};
 use crate::jobs::{self, Item, JobGuard};
@@ -218,6 +218,10 @@ impl CompletionStream {
 
 impl StreamFormat for CompletionStream {
     fn item(&mut self, g: &mut JobGuard, item: Item) -> (String, bool) {
+        let item = match stream_end(g, item, |reason, n| self.finish(reason, n)) {
+            Ok(last) => return (last, true),
+            Err(item) => item,
+        };
         match item {
             Item::Engine(Event::Started { .. }) => (String::new(), false),
             Item::Engine(Event::PromptLogprobs(v)) => {
@@ -243,28 +247,10 @@ impl StreamFormat for CompletionStream {
                 }
                 (out, false)
             }
-            Item::Engine(Event::Finished { reason, usage, .. }) => {
-                g.end(jobs::outcome(&reason));
-                (
-                    self.finish(reason.as_openai(), usage.completion_tokens),
-                    true,
-                )
-            }
-            Item::Engine(Event::Error(e)) => {
-                g.end("error");
-                (stream_error(e.into()), true)
-            }
-            Item::Cancelled => {
-                g.end("cancelled");
-                (self.finish("cancelled", g.tokens), true)
-            }
-            Item::Lost => {
-                g.end("error");
-                (
-                    stream_error(ApiError::internal("the inference engine stopped")),
-                    true,
-                )
-            }
+            // Terminal items were taken by `stream_end` above.
+            Item::Engine(Event::Finished { .. } | Event::Error(_))
+            | Item::Cancelled
+            | Item::Lost => (String::new(), true),
         }
     }
 }

@@ -199,6 +199,38 @@ async fn collect(mut job: Job, prompt_tokens: usize) -> Result<Collected, Resp> 
 }
 
 /// The `data: {"error": ...}` event a stream ends with when its job fails.
+/// The closing text of an OpenAI stream for a terminal item (finished, failed, cancelled, engine
+/// gone), shared by the chat and completions encoders; `finish(reason, completion_tokens)` renders
+/// the encoder's own final chunk. A non-terminal item is handed back.
+fn stream_end(
+    g: &mut jobs::JobGuard,
+    item: Item,
+    finish: impl FnOnce(&str, usize) -> String,
+) -> Result<String, Item> {
+    match item {
+        Item::Engine(Event::Finished { reason, usage, .. }) => {
+            g.end(jobs::outcome(&reason));
+            Ok(finish(reason.as_openai(), usage.completion_tokens))
+        }
+        Item::Engine(Event::Error(e)) => {
+            g.end("error");
+            Ok(stream_error(e.into()))
+        }
+        Item::Cancelled => {
+            g.end("cancelled");
+            let tokens = g.tokens;
+            Ok(finish("cancelled", tokens))
+        }
+        Item::Lost => {
+            g.end("error");
+            Ok(stream_error(ApiError::internal(
+                "the inference engine stopped",
+            )))
+        }
+        other => Err(other),
+    }
+}
+
 fn stream_error(e: ApiError) -> String {
     let mut s = crate::sse::data(&e.openai_body());
     s.push_str(DONE);
