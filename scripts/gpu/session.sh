@@ -23,7 +23,7 @@ mkdir -p "$W" "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export WORKER_ORCD_CACHE=$W/cache
 export WORKER_ORCD_MODEL=$W/cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
-export WORKER_ORCD_GOLDEN=$W/golden WORKER_ORCD_GOLDEN_DIR=$W/golden
+export WORKER_ORCD_GOLDEN=$W/golden
 SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
 SMOL=$W/cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53

@@ -7,7 +7,7 @@
 //! On a GPU machine:
 //! - the model: `WORKER_ORCD_MODEL=/path/model.gguf`, default
 //!   `~/.cache/worker-orcd/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf`;
-//! - the golden files: `WORKER_ORCD_GOLDEN_DIR=/path/golden` (holding teacher_forced_hf.jsonl
+//! - the golden files: `WORKER_ORCD_GOLDEN=/path/golden` (holding teacher_forced_hf.jsonl
 //!   and greedy_llamacpp.jsonl), default the checkout's `../shared/golden`.
 //!
 //! Without the real model the CUDA-vs-CPU tests run on a full-size synthetic model; the two
@@ -21,11 +21,12 @@
 //! # copy the two "executable" paths (strip them: ~4 + 8 MB) and the golden files into a
 //! # carried folder, then on the GPU machine:
 //! LD_LIBRARY_PATH=/usr/local/cuda/lib64 ./cuda_kernels --nocapture
-//! LD_LIBRARY_PATH=/usr/local/cuda/lib64 WORKER_ORCD_MODEL=... WORKER_ORCD_GOLDEN_DIR=golden \
+//! LD_LIBRARY_PATH=/usr/local/cuda/lib64 WORKER_ORCD_MODEL=... WORKER_ORCD_GOLDEN=golden \
 //!     ./cuda_model --nocapture --test-threads=1
 //! ```
 #![cfg(feature = "cuda")]
 
+mod common;
 #[path = "common/teacher.rs"]
 mod teacher;
 
@@ -121,25 +122,6 @@ fn tokenizer() -> Arc<Tokenizer> {
     static TOK: OnceLock<Arc<Tokenizer>> = OnceLock::new();
     TOK.get_or_init(|| Arc::new(Tokenizer::from_gguf(&model().file).expect("tokenizer")))
         .clone()
-}
-
-fn golden_lines(name: &str) -> Vec<serde_json::Value> {
-    let dir = std::env::var_os("WORKER_ORCD_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
-        });
-    let path = dir.join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "reading {} failed ({e}); set WORKER_ORCD_GOLDEN_DIR to a folder holding {name}",
-            path.display()
-        )
-    });
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("golden JSON"))
-        .collect()
 }
 
 fn cuda(cfg: CudaConfig) -> CudaBackend {
@@ -506,7 +488,7 @@ fn cuda_meets_the_teacher_forced_thresholds_against_hf() {
         return;
     }
     let _g = serial();
-    let cases = golden_lines("teacher_forced_hf.jsonl");
+    let cases = common::golden_lines("teacher_forced_hf.jsonl");
     real_model();
     for prompt_gemm in [true, false] {
         let mut gpu = cuda(CudaConfig {
@@ -593,7 +575,7 @@ fn greedy_generation_through_the_engine_says_paris() {
     );
     assert!(text.starts_with(" Paris"), "got {text:?}");
     // Against llama.cpp's greedy continuation (same quantized model): the same first tokens.
-    let case = golden_lines("greedy_llamacpp.jsonl")
+    let case = common::golden_lines("greedy_llamacpp.jsonl")
         .into_iter()
         .find(|c| c["name"] == "capital")
         .expect("capital case");
